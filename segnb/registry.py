@@ -80,7 +80,7 @@ class Registry:
             key = name or obj.__name__
             for k in [key, *aliases]:
                 taken = self._items.get(k) or self._items.get(self._aliases.get(k, ""))
-                if taken is not None and taken is not obj and not force:
+                if taken is not None and taken is not obj and not force and not _redefinition(taken, obj):
                     raise KeyError(f"{self.name}: {k!r} is already registered to {taken.__module__}.{taken.__qualname__}; "
                                    f"pass force=True to replace it")
             self._items[key] = obj
@@ -136,6 +136,12 @@ class Registry:
 
     def __repr__(self):
         return f"Registry({self.name!r}, {len(self._items)} entries)"
+
+def _redefinition(old, new) -> bool:
+    "The same class/function defined again: a re-run notebook cell, or a notebook's `__main__` copy of a library object."
+    same_name = getattr(old, "__qualname__", None) == getattr(new, "__qualname__", None)
+    mods = {getattr(old, "__module__", None), getattr(new, "__module__", None)}
+    return same_name and (len(mods) == 1 or "__main__" in mods)
 
 def _signature(obj):
     try: return str(inspect.signature(obj))
