@@ -429,6 +429,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'segnb.models.clip._groups': ('models.clip.html#_groups', 'segnb/models/clip.py'),
                                    'segnb.models.clip._pad_to': ('models.clip.html#_pad_to', 'segnb/models/clip.py'),
                                    'segnb.models.clip._pair': ('models.clip.html#_pair', 'segnb/models/clip.py'),
+                                   'segnb.models.clip._quiet_random_init': ('models.clip.html#_quiet_random_init', 'segnb/models/clip.py'),
                                    'segnb.models.clip._size_divisor': ('models.clip.html#_size_divisor', 'segnb/models/clip.py'),
                                    'segnb.models.clip._value_path_block': ('models.clip.html#_value_path_block', 'segnb/models/clip.py'),
                                    'segnb.models.clip._window_starts': ('models.clip.html#_window_starts', 'segnb/models/clip.py'),
