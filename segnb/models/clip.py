@@ -288,7 +288,7 @@ def vit_dense_features(visual: VisionTransformer, x: torch.Tensor) -> torch.Tens
     ph, pw = visual.patch_size
     if H % ph or W % pw: raise ValueError(f"image size {(H, W)} must be a multiple of the patch size {(ph, pw)}")
     gh, gw = H // ph, W // pw
-    t = visual.conv1(x).flatten(2).transpose(1, 2)
+    t = visual.conv1(x.to(visual.conv1.weight.dtype)).flatten(2).transpose(1, 2)
     t = torch.cat([visual.class_embedding.to(t.dtype).view(1, 1, -1).expand(B, -1, -1), t], dim=1)
     pos = visual.positional_embedding
     if (gh, gw) != tuple(visual.grid_size):
@@ -573,7 +573,7 @@ class CostVolumeHead(nn.Module):
         if text_emb.ndim == 2: text_emb = text_emb.unsqueeze(0).expand(B, -1, -1)
         if text_emb.ndim != 3 or text_emb.shape[0] != B or text_emb.shape[-1] != self.text_dim:
             raise ValueError(f"text_emb must be (K, {self.text_dim}) or ({B}, K, {self.text_dim}), got {tuple(text_emb.shape)}")
-        text_emb = text_emb.to(emb.dtype)
+        text_emb = text_emb.to(emb.device, emb.dtype)
         K = text_emb.shape[1]
         t = self.text_proj(text_emb) if self.text_proj is not None else text_emb
         x = self.cost_embed(self.cost_volume(emb, t).reshape(B * K, 1, h, w))
