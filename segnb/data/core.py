@@ -466,10 +466,8 @@ def _tfms(tfms):
     if tfms is None: return None
     if isinstance(tfms, Pipeline): return list(tfms.fs)
     tfms = list(tfms) if isinstance(tfms, (list, tuple)) else [tfms]
-    if any(isinstance(t, Mapping) for t in tfms):
-        from segnb.data.transforms import build_pipeline
-        return list(build_pipeline(tfms))
-    return tfms
+    from segnb.data.transforms import build_pipeline  # builds config dicts, fuses resize + crop pairs
+    return list(build_pipeline(tfms))
 
 # %% ../../nbs/10_data.core.ipynb #26a0ff75
 class SplitView:
