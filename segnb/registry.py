@@ -151,7 +151,7 @@ def _signature(obj):
 _M = "segnb.models."
 BACKBONES  = Registry("BACKBONES", [_M+"backbones"])
 NECKS      = Registry("NECKS", [_M+"necks"])
-HEADS      = Registry("HEADS", [_M+"heads", _M+"depth", _M+"clip"])
+HEADS      = Registry("HEADS", [_M+"heads", _M+"heads_transformer", _M+"depth", _M+"clip"])
 MODELS     = Registry("MODELS", [_M+"segmentor", _M+"depth", "segnb.openvocab"])
 LOSSES     = Registry("LOSSES", ["segnb.losses", _M+"depth"])
 METRICS    = Registry("METRICS", ["segnb.metrics"])
