@@ -344,3 +344,13 @@ def test_build_losses_weighted_sum():
 def test_accuracy():
     close(accuracy(LOGITS, TARGET), 100 * sum(int(np.argmax(logits_at(i, j)) == y) for (i, j), y in PIX) / 3)
     close(accuracy(LOGITS, torch.full((1, 2, 2), IGN)), 0.)
+
+def test_fastai_tensor_types():
+    from fastai.torch_core import TensorImage, TensorMask
+    x = TensorImage(torch.randn(2, 3, 6, 6)).requires_grad_(); t = TensorMask(torch.randint(0, 3, (2, 6, 6))); t[:, 0] = IGN
+    crit = build_losses([dict(type=n) for n in ["CrossEntropyLoss", "DiceLoss", "FocalLoss", "LovaszLoss", "TverskyLoss", "OhemCrossEntropy"]])
+    l = crit(x, t); l.backward()
+    assert type(l) is torch.Tensor and torch.isfinite(x.grad).all()
+    close(l, crit(x.as_subclass(torch.Tensor), t.as_subclass(torch.Tensor)))
+    assert OHEMPixelSampler(thresh=0.7, min_kept=2).sample(x, t).shape == (2, 6, 6)
+    assert type(BoundaryLoss()(x[:, :1], t)) is torch.Tensor

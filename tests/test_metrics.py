@@ -65,8 +65,8 @@ def test_iou_matches_numpy_with_absent_classes(beta):
     table = m.summary_table()
     assert "n/a" in table and "Precision" in table and table.count("\n") > C
 
-def test_iou_many_classes_random_large():
-    C = 150
+@pytest.mark.parametrize("C", [150, 200])   # int16 and int32 bin indices
+def test_iou_many_classes_random_large(C):
     preds, gts = random_pairs(4, C, H=64, W=48, seed=2, absent=(7, 8, 9))
     m = IoUMetric(C)
     m.update(preds, gts)
@@ -244,3 +244,12 @@ def test_distributed_sync_gloo():
         assert_dict_close(r["depth"], DepthMetric(max_depth_eval=10).update(dpred, dgt).compute(), tol=1e-9)
         assert r["n"] == int((gts != IGN).sum())
     assert res[0]["local"] != res[1]["local"]                                  # each rank alone saw different data
+
+def test_fastai_tensor_types_and_numpy():
+    from fastai.torch_core import TensorImage, TensorMask
+    preds, gts = random_pairs(2, 4, seed=9)
+    a = IoUMetric(4).update(TensorImage(torch.randn(2, 4, 17, 23)), TensorMask(gts))
+    b = IoUMetric(4).update(preds.numpy(), gts.numpy())
+    assert_dict_close(b.compute(), np_iou_reference(preds, gts, 4)[0])
+    assert int(a.confusion_matrix().sum()) == int((gts != IGN).sum())
+    with pytest.raises(TypeError, match="tensors or arrays"): IoUMetric(4).update([1, 2], gts)
