@@ -14,6 +14,15 @@ from segnb.data.download import (ChecksumError, DownloadError, ManualDownloadReq
                                  download_dataset, download_url, file_hash, link_dataset, linked_datasets, safe_extract,
                                  unlink_dataset)
 from conftest import run_cli
+from segnb.cli import main as segnb_main
+
+
+def cli(capsys, *args):
+    "Run `segnb ARGS` in this process; returns (exit code, stdout, stderr)."
+    try: code = segnb_main([str(a) for a in args])
+    except SystemExit as e: code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 FAST = dict(progress=False, verbose=False, retries=2, backoff=0.0, timeout=(3, 5))
 
@@ -304,7 +313,7 @@ def test_hf_dataset_materialised_offline(tmp_path):
     assert download_dataset(info, tmp_path / "data", **FAST) == out      # marker: nothing redone
 
 
-def test_link_registry_and_cli(tmp_path, monkeypatch):
+def test_link_registry_and_cli(tmp_path, monkeypatch, capsys):
     reg = tmp_path / "reg.json"
     monkeypatch.setenv("SEGNB_DATA_REGISTRY", str(reg))
     root = tmp_path / "shared/ADEChallengeData2016"
@@ -315,26 +324,25 @@ def test_link_registry_and_cli(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="expected split folders"):
         link_dataset("voc2012", root)
     assert unlink_dataset("ade20k") and linked_datasets() == {}
-    env = {"SEGNB_DATA_REGISTRY": str(reg)}
-    r = run_cli("link", "ade20k", str(root), env=env, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    r = run_cli("link", "--list", env=env, cwd=tmp_path)
-    assert "ade20k" in r.stdout and str(root.resolve()) in r.stdout
-    r = run_cli("link", "cityscapes", str(tmp_path / "nowhere"), env=env, cwd=tmp_path)
-    assert r.returncode == 2 and "is not a folder" in r.stderr
-    r = run_cli("link", "--remove", "ade20k", env=env, cwd=tmp_path)
-    assert "link removed" in r.stdout and linked_datasets() == {}
+    code, out, err = cli(capsys, "link", "ade20k", root)
+    assert code == 0, err
+    code, out, _ = cli(capsys, "link", "--list")
+    assert "ade20k" in out and str(root.resolve()) in out
+    code, _, err = cli(capsys, "link", "cityscapes", tmp_path / "nowhere")
+    assert code == 2 and "is not a folder" in err
+    r = run_cli("link", "--remove", "ade20k", env={"SEGNB_DATA_REGISTRY": str(reg)}, cwd=tmp_path)   # the console script
+    assert r.returncode == 0 and "link removed" in r.stdout and linked_datasets() == {}
     (root.parent / "gone").mkdir(); link_dataset("mine", root.parent / "gone"); (root.parent / "gone").rmdir()
     with pytest.raises(FileNotFoundError, match="folder is gone"):
         dataset_root("mine")
 
 
-def test_cli_download_messages(tmp_path):
-    r = run_cli("download", "--list", cwd=tmp_path)
-    assert r.returncode == 0 and "| `cityscapes` |" in r.stdout and "| `voc_aug` |" in r.stdout
-    r = run_cli("download", "cityscape", cwd=tmp_path)
-    assert r.returncode == 2 and "did you mean 'cityscapes'" in r.stderr
-    r = run_cli("download", "cityscapes", "--root", str(tmp_path / "d"), cwd=tmp_path)
+def test_cli_download_messages(tmp_path, capsys):
+    code, out, _ = cli(capsys, "download", "--list")
+    assert code == 0 and "| `cityscapes` |" in out and "| `voc_aug` |" in out
+    code, _, err = cli(capsys, "download", "cityscape")
+    assert code == 2 and "did you mean 'cityscapes'" in err
+    code, out, _ = cli(capsys, "download", "voc_aug", "--info")
+    assert code == 0 and "trainaug.txt" in out and "6a5a2918" in out
+    r = run_cli("download", "cityscapes", "--root", str(tmp_path / "d"), cwd=tmp_path)          # the console script
     assert r.returncode == 2 and "gtFine_trainvaltest.zip" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("download", "voc_aug", "--info", cwd=tmp_path)
-    assert r.returncode == 0 and "trainaug.txt" in r.stdout and "6a5a2918" in r.stdout
