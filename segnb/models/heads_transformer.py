@@ -411,7 +411,10 @@ class MaskFormerHead(BaseDecodeHead):
         out = []
         for lab in seg_label:
             classes = lab.unique()
-            classes = classes[(classes != self.ignore_index) & (classes >= 0) & (classes < self.num_classes)]
+            classes = classes[classes != self.ignore_index]
+            bad = classes[(classes < 0) | (classes >= self.num_classes)]
+            if len(bad): raise ValueError(f"{type(self).__name__}: label values {bad.tolist()} are outside 0..{self.num_classes - 1} "
+                                          f"and are not ignore_index={self.ignore_index}")
             out.append((classes, lab[None] == classes[:, None, None], lab != self.ignore_index))
         return out
 
