@@ -158,7 +158,7 @@ METRICS    = Registry("METRICS", ["segnb.metrics"])
 TRANSFORMS = Registry("TRANSFORMS", ["segnb.data.transforms", "segnb.data.mix"])
 DATASETS   = Registry("DATASETS", ["segnb.data.core", "segnb.data.depth", "segnb.data.mix", "segnb.data.synthetic", "segnb.data.catalog"])
 CALLBACKS  = Registry("CALLBACKS", ["segnb.callbacks", "segnb.widgets"])
-OPTIMIZERS = Registry("OPTIMIZERS", ["segnb.learner"])
+OPTIMIZERS = Registry("OPTIMIZERS", ["segnb.learner", "segnb.optim"])
 SCHEDULERS = Registry("SCHEDULERS", ["segnb.callbacks"])
 TEXT_ENCODERS = Registry("TEXT_ENCODERS", [_M+"clip"])
 
