@@ -14,7 +14,7 @@ __all__ = ['COMMANDS', 'COMMAND_MODULES', 'command', 'format_registries', 'build
 # %% ../nbs/49_cli.ipynb #b2249d14
 COMMANDS: dict[str, tuple] = {}
 # modules that add subcommands with `@command`; imported when the parser is built
-COMMAND_MODULES = ["segnb.data.check", "segnb.data.download", "segnb.data.convert", "segnb.learner",
+COMMAND_MODULES = ["segnb.data.check", "segnb.data.download", "segnb.data.convert", "segnb.learner", "segnb.train", "segnb.demo",
                    "segnb.inference", "segnb.export", "segnb.serve", "segnb.benchmark"]
 
 def command(name: str, help: str):
