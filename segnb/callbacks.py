@@ -215,7 +215,9 @@ def fit_iters(self: Learner, max_iters: int, val_interval: int | None = None, lr
     "Train `max_iters` iterations, validating every `val_interval` (MMSeg's `IterBasedTrainLoop`); `resume_from` continues a checkpoint or work dir."
     loop, extra = _find_cb(self, "is_iter_loop"), L(cbs)
     if loop is None: extra.append(loop := IterBasedTrainLoop(max_iters, val_interval, seed=seed))
-    else: loop.configure(max_iters, val_interval)
+    else:
+        loop.configure(max_iters, val_interval)
+        if seed is not None and loop.loader is None: loop.seed = seed
     if resume_from is not None:
         ck = find_latest_checkpoint(resume_from) if Path(resume_from).is_dir() else Path(resume_from)
         if ck is None: warnings.warn(f"resume_from={str(resume_from)!r}: no checkpoint there yet, training from scratch")

@@ -89,9 +89,17 @@ def _worker(cmd, env=None):
                             text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
 
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
+    procs = []
+    try: _sigkill_then_resume(tmp_path, procs)
+    finally:
+        for p in procs:  # never leave a worker behind when an assertion fails
+            if p.poll() is None: p.kill(); p.wait()
+
+def _sigkill_then_resume(tmp_path, procs):
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
     ref = _worker([ref_dir, tmp_path / "ref.pt"])                  # uninterrupted, in parallel with the run we kill
     victim = _worker([run_dir, tmp_path / "killed.pt", "--slow", 0.15])
+    procs += [ref, victim]
     ptr, deadline = run_dir / "ckpt" / "last_checkpoint", time.time() + 60
     seen = None
     while time.time() < deadline and victim.poll() is None:
@@ -106,10 +114,12 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert victim.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed.pt").exists(), "the run finished before it was killed"
     resumed = _worker([run_dir, tmp_path / "resumed.pt", "--resume"])
+    procs.append(resumed)
     out = resumed.communicate(timeout=120)[0]
     assert resumed.returncode == 0, out
     start = int(re.search(r"resumed from .* at iteration (\d+)", out).group(1))
-    assert seen <= start < MAX_ITERS and start % CKPT_INTERVAL == 0, (seen, start, out)
+    # the newest checkpoint: periodic (every 3) or best-after-validation (every 7)
+    assert seen <= start < MAX_ITERS and (start % CKPT_INTERVAL == 0 or start % VAL_INTERVAL == 0), (seen, start, out)
     ref_out = ref.communicate(timeout=120)[0]
     assert ref.returncode == 0, ref_out
     a, b = torch.load(tmp_path / "ref.pt"), torch.load(tmp_path / "resumed.pt")
@@ -127,6 +137,13 @@ def test_resume_in_process_and_each_piece_of_state_matters(tmp_path, determinist
     learn = build(tmp_path / "b")
     with learn.no_bar(), learn.no_logging(): learn.fit_iters(MAX_ITERS, VAL_INTERVAL, resume_from=ck_path)
     assert_identical(ref, final_state(learn))
+    # the same through resume(learn, work_dir): the latest checkpoint there is the last one (iteration 30)
+    from segnb.callbacks import resume
+    learn = build(tmp_path / "c")
+    meta = resume(learn, tmp_path / "a" / "ckpt")
+    assert meta["iter"] == MAX_ITERS and meta["path"].endswith("iter_30.pth")
+    with learn.no_bar(), learn.no_logging(): learn.fit_iters(MAX_ITERS, VAL_INTERVAL)
+    assert_identical(ref, final_state(learn)) and not any(type(cb).__name__ == "ResumeCallback" for cb in learn.cbs)
     # ... and leaving out any piece of it changes the result, so the test above can fail
     def drop_rng(c): c["rng"] = None
     def drop_opt(c): c["optimizer"] = None
