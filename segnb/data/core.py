@@ -560,8 +560,9 @@ def build_dataloaders(data_cfg: Mapping, **overrides) -> DataLoaders:
     base = dict(c.get("dataset") or {}); base.setdefault("type", "SegFolderDataset")
     if "data_root" in c: base.setdefault("data_root", c["data_root"])
     def mk(part):
-        d = {**base, **dict(c[part])}
-        if meta is not None and "meta" not in d and d["type"] in ("SegFolderDataset", "BaseSegDataset", "CustomDataset"): d["meta"] = meta
+        p = dict(c[part])
+        d = {**base, **p} if p.get("type", base["type"]) == base["type"] else p  # a wrapper (ConcatDataset, ...) stands alone
+        if meta is not None and "meta" not in d and d.get("type") in ("SegFolderDataset", "BaseSegDataset", "CustomDataset"): d["meta"] = meta
         try: return DATASETS.build(d)
         except (TypeError, KeyError) as e: raise SegDataError(f"data.{part}: {e}") from None
     train = mk("train"); valid = mk("val") if c.get("val") else None
@@ -627,6 +628,10 @@ def _show_samples(samples, outs=None, ctxs=None, max_n=6, nrows=None, ncols=3, f
 
 class SegDL(TfmdDL):
     "A `TfmdDL` whose `show_batch`/`show_results` draw masks in the dataset palette with a legend."
+    def before_iter(self):
+        super().before_iter()
+        f = getattr(self.dataset, "set_epoch", None)  # e.g. WeightedConcatDataset redraws its items each epoch
+        if callable(f): self._epoch = getattr(self, "_epoch", -1) + 1; f(self._epoch)
     def _is_seg(self, its): return its is not None and len(its) and len(its[0]) > 1 and isinstance(its[0][1], TensorMask)
     def show_batch(self, b=None, max_n=6, ctxs=None, show=True, unique=False, **kwargs):
         if unique or not show: return super().show_batch(b, max_n=max_n, ctxs=ctxs, show=show, unique=unique, **kwargs)
