@@ -104,6 +104,10 @@ class InfiniteLoader:
     def _pass(self):
         dl = self.dl
         idxs = self.indices(self.epoch)[self.index * (dl.bs or 1):]
+        set_epoch = getattr(dl.dataset, "set_epoch", None)
+        if callable(set_epoch):  # datasets that redraw per pass (MMEngine's protocol) see the pass number, also after a resume
+            set_epoch(self.epoch)
+            dl._epoch = self.epoch - 1  # segnb's SegDL calls set_epoch(its own pass count) when iteration starts
         old_idxs, old_gen = dl.__dict__.get("get_idxs", _MISSING), dl.fake_l.__dict__.get("generator", _MISSING)
         # our order, and a private generator for torch's per-iterator seed (it would draw from the global RNG)
         dl.get_idxs, dl.fake_l.generator = _FixedIdxs(idxs), torch.Generator().manual_seed(self.seed + self.epoch)

@@ -292,3 +292,18 @@ def test_logger_writes_csv_jsonl_and_tensorboard(tmp_path):
     assert head[0].split(",")[:4] == ["iter", "epoch", "lr", "loss"] and len(head) == 4
     assert "mIoU" in (log.log_dir / "val.csv").read_text().splitlines()[0]
     assert list((log.log_dir / "tb").glob("events.out.tfevents.*"))
+
+def test_datasets_with_set_epoch_see_the_data_pass_also_after_resume(tmp_path):
+    from segnb.data.core import SegDL
+    class EpochSet(IndexSet):
+        "Items carry the epoch the dataset was last told (WeightedConcatDataset-style redraws)."
+        def __init__(self, n): super().__init__(n); self.epoch = -1
+        def set_epoch(self, e): self.epoch = e
+        def __getitem__(self, i):
+            x, y = super().__getitem__(i); x[1, 0, 0] = self.epoch
+            return x, y
+    mk = lambda: SegDL(EpochSet(12), bs=4, shuffle=True, drop_last=True, num_workers=0)
+    a = InfiniteLoader(mk(), seed=1)
+    assert [int(next(a)[0][0, 1, 0, 0]) for _ in range(7)] == [0, 0, 0, 1, 1, 1, 2]
+    b = InfiniteLoader(mk(), seed=1); b.load_state_dict(a.state_dict())  # a fresh DataLoader, as after a restart
+    assert [int(next(b)[0][0, 1, 0, 0]) for _ in range(3)] == [2, 2, 3]
