@@ -92,14 +92,22 @@ class InfiniteLoader:
         self.dl, self.seed = dl, int(seed) if seed is not None else random.randint(0, 2**31 - 1)
         self.shuffle = bool(dl.shuffle if shuffle is None else shuffle)
         self.epoch, self.index, self._it = 0, 0, None  # data pass, batches taken from it
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank: int, world: int):
+        "Distributed training: keep every `world`-th sample of each pass's order, starting at `rank` (same order on every rank)."
+        if not 0 <= rank < world: raise ValueError(f"shard: rank {rank} is not in [0, {world})")
+        self.rank, self.world, self._it = int(rank), int(world), None
+        return self
 
     def __len__(self): return len(self.dl)
     def __iter__(self): return self
 
     def indices(self, epoch: int) -> list[int]:
         "The sample order of data pass `epoch`."
-        if not self.shuffle: return list(range(self.dl.n))
-        return torch.randperm(self.dl.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        if not self.shuffle: idxs = list(range(self.dl.n))
+        else: idxs = torch.randperm(self.dl.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        return idxs[self.rank::self.world]
 
     def _pass(self):
         dl = self.dl

@@ -20,6 +20,7 @@ from .registry import MODELS, METRICS, CALLBACKS, OPTIMIZERS, LOSSES
 from .config import Config, ConfigError
 from .models.segmentor import EncoderDecoder
 from .metrics import IoUMetric
+import segnb.callbacks  # Learner.fit_iters and the MMSeg-style callbacks
 
 # %% auto #0
 __all__ = ['SegLoss', 'seg_splitter', 'default_metrics', 'seg_learner', 'set_decode_loss', 'SegLearner',

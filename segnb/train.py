@@ -18,6 +18,7 @@ from .callbacks import (ParamSchedulerCallback, CheckpointCallback, LoggerCallba
                              find_latest_checkpoint, load_weights)
 from .data.core import build_dataloaders, SegMeta
 from .cli import command
+from .distributed import init_distributed, DistributedCallback
 
 # %% auto #0
 __all__ = ['set_random_seed', 'param_schedulers', 'learner_from_config', 'enable_amp', 'save_run_files', 'fit_from_config',
@@ -109,6 +110,9 @@ def learner_from_config(cfg, work_dir=None, amp: bool = False, dls=None, model: 
         user.append(dict(type="CheckpointCallback", interval=int(sched.get("val_interval", -1)) if "max_iters" in sched else -1,
                          save_best="mIoU" if _primary_is_miou(cfg) else None))
     if not names & {"LoggerCallback", "LoggerHook"}: user.append(dict(type="LoggerCallback", interval=int(sched.get("log_interval", 10))))
+    rank, world = init_distributed()   # torchrun sets RANK/WORLD_SIZE; a no-op for one process
+    if rank != 0: user = [c for c in user if c.get("type") not in ("CheckpointCallback", "CheckpointHook", "LoggerCallback", "LoggerHook")]
+    if world > 1: cbs.append(DistributedCallback(sync_bn=bool(cfg.get("sync_bn", True)), seed=int(cfg.get("seed", 0) or 0)))
     for i, c in enumerate(user):
         if c.get("type") in ("CheckpointCallback", "CheckpointHook"): c.setdefault("out_dir", str(work_dir / "checkpoints"))
         if c.get("type") in ("LoggerCallback", "LoggerHook"): c.setdefault("out_dir", str(work_dir / "logs"))
@@ -214,7 +218,8 @@ def train(cfg, work_dir=None, resume=None, amp: bool = False, overrides=None, qu
     "Build a learner from `cfg`, train it, and leave the run folder complete (config, meta, checkpoints, logs, metrics, curves)."
     cfg = _as_config(cfg) if overrides is None else Config.fromfile(cfg, overrides) if isinstance(cfg, (str, os.PathLike)) else _as_config(cfg).merge_overrides(overrides)
     learn = learner_from_config(cfg, work_dir=work_dir, amp=amp)
-    save_run_files(learn, learn.work_dir)
+    main = int(os.environ.get("RANK", 0)) == 0
+    if main: save_run_files(learn, learn.work_dir)
     if quiet:
         with learn.no_bar(): fit_from_config(learn, resume)
     else: fit_from_config(learn, resume)
@@ -222,6 +227,7 @@ def train(cfg, work_dir=None, resume=None, amp: bool = False, overrides=None, qu
     best = ck[0].best_path if len(ck) and getattr(ck[0], "best_path", None) else None
     res = evaluate(learn)
     res["checkpoint_best"] = str(best) if best else None
+    if not main: return learn
     (Path(learn.work_dir) / "metrics.json").write_text(json.dumps(res, indent=1, default=float))
     plot_training_curves(Path(learn.work_dir) / "logs", Path(learn.work_dir) / "training_curves.png")
     if not quiet and "table" in res: print(res["table"])
