@@ -26,9 +26,9 @@ _log = logging.getLogger("segnb.data")
 # %% auto #0
 __all__ = ['IMG_SUFFIXES', 'default_palette', 'SegDataError', 'SegMeta', 'ArrayDepth', 'TensorDepth', 'as_array', 'load_image',
            'reduce_zero_label', 'label_values', 'bad_labels', 'load_mask', 'load_depth', 'SegFolderDataset',
-           'SegToTensor', 'SegIntToFloat', 'AddSegMeta', 'pad_to', 'PadCollate', 'ImageLoader', 'MaskLoader',
-           'DepthLoader', 'SegImageBlock', 'SegMaskBlock', 'DepthBlock', 'SegDataBlock', 'SplitView', 'seg_dataloaders',
-           'build_dataloaders', 'colorize_mask', 'show_seg', 'SegDL']
+           'SegToTensor', 'SegIntToFloat', 'SegNormalize', 'AddSegMeta', 'pad_to', 'PadCollate', 'ImageLoader',
+           'MaskLoader', 'DepthLoader', 'SegImageBlock', 'SegMaskBlock', 'DepthBlock', 'SegDataBlock', 'SplitView',
+           'seg_dataloaders', 'build_dataloaders', 'colorize_mask', 'show_seg', 'SegDL']
 
 # %% ../../nbs/10_data.core.ipynb #eeb5ea6c
 def default_palette(n: int) -> list[list[int]]:
@@ -151,12 +151,28 @@ def _open_pil(path) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise SegDataError(f"cannot read {path}: {type(e).__name__}: {e} (unreadable or truncated); {_FIX}") from None
 
+try: import cv2
+except ImportError: cv2 = None
+
+def _cv2_jpeg(path):
+    "Decode a complete JPEG with OpenCV (faster than PIL); None when it may be truncated (no end marker) or fails, so PIL reports it."
+    try: data = path.read_bytes()
+    except FileNotFoundError: raise FileNotFoundError(f"{path}: file not found") from None
+    if data.rfind(b"\xff\xd9", max(0, len(data) - 4096)) < 0: return None
+    flags = getattr(cv2, "IMREAD_COLOR_RGB", None)
+    a = cv2.imdecode(np.frombuffer(data, np.uint8), (flags if flags is not None else cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION)
+    if a is not None and flags is None: a = cv2.cvtColor(a, cv2.COLOR_BGR2RGB)
+    return a
+
 def load_image(path, color_type: str = "color") -> ArrayImage:
     "Read an image as an (H,W,C) `ArrayImage`: `color_type='color'` -> RGB uint8, `'unchanged'` keeps bands/bit depth."
     path = Path(path)
     if color_type not in ("color", "unchanged", "grayscale"):
         raise ValueError(f"color_type must be 'color', 'unchanged' or 'grayscale', got {color_type!r}")
     suf = path.suffix.lower()
+    if cv2 is not None and color_type == "color" and suf in (".jpg", ".jpeg"):
+        a = _cv2_jpeg(path)
+        if a is not None: return a.view(ArrayImage)
     if suf in (".tif", ".tiff"): a = _read_tiff(path)
     elif suf == ".npy":
         try: a = np.load(path)
@@ -399,6 +415,26 @@ class SegIntToFloat(DisplayedTransform):
     def encodes(self, o: TensorMask): return o.long()
     def encodes(self, o: TensorDepth): return o.float()
 
+class SegNormalize(DisplayedTransform):
+    "Batch prep in one pass: uint8 images -> `(x/255 - mean) / std` (in place), masks -> long; `decodes` back to [0, 1]."
+    order = 10
+    def __init__(self, mean, std):
+        self.mean, self.std = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+    def _ms(self, x):
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return (self.mean * 255).to(x.device).view(shape), (1 / (self.std * 255)).to(x.device).view(shape)
+    def encodes(self, o: TensorImage):
+        m, inv = self._ms(o)
+        if o.shape[1] != m.shape[1]: return SegIntToFloat.encodes(SegIntToFloat(), o)  # other band counts: just [0, 1]
+        x = o.float() if not o.is_floating_point() else o.float() * 255
+        return x.sub_(m).mul_(inv)
+    def encodes(self, o: TensorMask): return o.long()
+    def encodes(self, o: TensorDepth): return o.float()
+    def decodes(self, o: TensorImage):
+        m, inv = self._ms(o)
+        if o.shape[1] != m.shape[1]: return o
+        return (o / inv + m) / 255
+
 class AddSegMeta(Transform):
     "Attach the `SegMeta` to decoded masks, for drawing."
     def __init__(self, meta: SegMeta): self.meta = meta
@@ -520,11 +556,8 @@ def seg_dataloaders(source, meta=None, bs: int = 8, item_tfms=None, batch_tfms=N
         train, valid = SplitView(train, 0, sorted(idx[n_val:].tolist())), SplitView(train, 1, sorted(idx[:n_val].tolist()))
     else: train, valid = SplitView(train, 0), SplitView(valid, 1)
     if normalize is None: normalize = not _has_normalize(item_tfms)
-    btf = [SegIntToFloat()] + (_tfms(batch_tfms) or [])
-    if normalize:
-        from fastai.vision.augment import Normalize as _FNorm
-        from fastai.vision.core import imagenet_stats
-        btf.append(_FNorm.from_stats(*imagenet_stats, cuda=device is not None and torch.device(device).type == "cuda"))
+    from fastai.vision.core import imagenet_stats
+    btf = [SegNormalize(*imagenet_stats) if normalize else SegIntToFloat()] + (_tfms(batch_tfms) or [])
     pc = PadCollate(meta.ignore_index)
     mk = lambda ds, tf, b, shuf, dl: SegDL(ds, bs=b, shuffle=shuf, drop_last=dl, num_workers=num_workers,
                                            after_item=_item_pipeline(tf, meta, ds.split_idx), before_batch=pc,
@@ -628,6 +661,9 @@ def _show_samples(samples, outs=None, ctxs=None, max_n=6, nrows=None, ncols=3, f
 
 class SegDL(TfmdDL):
     "A `TfmdDL` whose `show_batch`/`show_results` draw masks in the dataset palette with a legend."
+    def wif(self):
+        "In each worker process: one OpenCV thread (the workers are the parallelism; fastai already sets torch to 1)."
+        if cv2 is not None: cv2.setNumThreads(1)
     def before_iter(self):
         super().before_iter()
         f = getattr(self.dataset, "set_epoch", None)  # e.g. WeightedConcatDataset redraws its items each epoch
