@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""CPU forward latency of segnb's headline models next to MMSegmentation 1.2.2's identical architectures and SMP's.
+
+Models (ADE20K settings, 150 classes, random weights): DeepLabV3+ R50-D8, PSPNet R50-D8, FCN R50-D8, UPerNet R50,
+SegFormer MiT-B0. segnb rows are built from segnb's model-zoo configs, MMSeg rows from the configs shipped in the
+mmseg wheel (SyncBN -> BN, no pretrained weights), SMP rows from segmentation_models_pytorch (encoder_weights=None).
+
+Every row returns logits at the input size (MMSeg: `model(x, mode='tensor')` + the bilinear resize of
+`test_cfg.mode='whole'`, as in /work/shared/bench/peers_cpu.py; segnb: `model.inference(x)`), eval mode, under
+`torch.inference_mode()`. segnb runs its fast path (`optimize_for_inference()`: exact conv-BN fusion + channels-last)
+in fp32 and with `precision="bf16"` (CPU autocast); `--ablation` adds segnb without that path.
+
+The peers run in their own venv (default ~/peers/litevenv, override with --peers-python): this script starts itself
+there as a worker and drives it over a pipe, so timing is round-robin across ALL rows (one forward per row per
+round; only one forward runs at a time) and background load hits every row alike. FLOPs are counted for every row
+by the same method (torch.utils.flop_counter.FlopCounterMode on the first warm-up call, attention on the math path),
+so GFLOP/s = FLOPs / median time is comparable across frameworks.
+
+Usage:
+    .venv/bin/python benchmarks/bench_forward.py                 # batch 2, 512x512, 2 threads, median of 5
+    .venv/bin/python benchmarks/bench_forward.py --quick         # smoke test: 128x128, batch 1, 2 runs
+    .venv/bin/python benchmarks/bench_forward.py --only segformer --runs 7 --json out.json
+"""
+import argparse
+import contextlib
+import io
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+warnings.filterwarnings("ignore")
+ROOT = Path(__file__).resolve().parents[1]
+
+# key, segnb config (segnb/configs), MMSeg config (mmseg/.mim/configs)
+MODELS = [
+    ("deeplabv3plus_r50-d8", "deeplabv3plus_r50-d8_80k_ade20k-512x512", "deeplabv3plus/deeplabv3plus_r50-d8_4xb4-80k_ade20k-512x512.py"),
+    ("pspnet_r50-d8", "pspnet_r50-d8_80k_ade20k-512x512", "pspnet/pspnet_r50-d8_4xb4-80k_ade20k-512x512.py"),
+    ("fcn_r50-d8", "fcn_r50-d8_80k_ade20k-512x512", "fcn/fcn_r50-d8_4xb4-80k_ade20k-512x512.py"),
+    ("upernet_r50", "upernet_r50_80k_ade20k-512x512", "upernet/upernet_r50_4xb4-80k_ade20k-512x512.py"),
+    ("segformer_mit-b0", "segformer_mit-b0_160k_ade20k-512x512", "segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py"),
+]
+# label, SMP class, encoder, kwargs, key of the segnb/MMSeg row with the same architecture (None: a different one)
+SMP_MODELS = [
+    ("Segformer(mit_b0)", "Segformer", "mit_b0", {}, "segformer_mit-b0"),
+    ("DeepLabV3Plus(resnet50) OS8", "DeepLabV3Plus", "resnet50", {"encoder_output_stride": 8}, None),
+    ("UPerNet(resnet50)", "UPerNet", "resnet50", {}, None),
+]
+NUM_CLASSES = 150
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="warm-up calls per row (the first also counts FLOPs)")
+    p.add_argument("--runs", type=int, default=5, help="timed rounds (median reported)")
+    p.add_argument("--only", default="", help="regex on the model key (e.g. 'segformer|pspnet')")
+    p.add_argument("--peers-python", default=str(Path.home() / "peers/litevenv/bin/python"))
+    p.add_argument("--skip-mmseg", action="store_true")
+    p.add_argument("--skip-smp", action="store_true")
+    p.add_argument("--ablation", action="store_true", help="also time segnb without fusion/channels-last")
+    p.add_argument("--time-budget", type=float, default=900, help="seconds for the timed rounds (at least 3 rounds, 2 with --quick)")
+    p.add_argument("--json", default=None, help="write the rows as JSON here")
+    p.add_argument("--quick", action="store_true", help="smoke test: 128x128, batch 1, 1 warm-up, 2 runs")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.quick: a.size, a.batch, a.warmup, a.runs = 128, 1, 1, 2
+    return a
+
+
+def make_input(a):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(a.batch, 3, a.size, a.size, generator=g)
+
+
+def n_params(module, skip_prefix=None):
+    return sum(p.numel() for n, p in module.named_parameters() if not (skip_prefix and n.startswith(skip_prefix)))
+
+
+def count_flops(fn, x):
+    "FLOPs of one call, attention on the math path so that every framework is counted alike; returns (flops, output)."
+    from torch.utils.flop_counter import FlopCounterMode
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        c = FlopCounterMode(display=False)
+        with c, sdpa_kernel(SDPBackend.MATH), torch.inference_mode():
+            out = fn(x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    return int(c.get_total_flops()), out
+
+
+def timed_ms(fn, x):
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        fn(x)
+        return (time.perf_counter() - t0) * 1e3
+
+
+# ---------------------------------------------------------------------------------------------- peers (worker side)
+def _mmcv_stub():
+    "mmseg 1.2.2 imports mmcv.ops at import time; mmcv-lite has no compiled ops: a stand-in whose ops raise if called."
+    import importlib.util, types
+    if importlib.util.find_spec("mmcv") is None: return
+    try:
+        import mmcv._ext  # noqa: F401
+    except ImportError:
+        class _NoOps(types.ModuleType):
+            def __getattr__(self, name):
+                if name.startswith("__"): raise AttributeError(name)
+                def _missing(*a, **k): raise NotImplementedError(f"mmcv._ext.{name}: mmcv-lite has no compiled ops")
+                return _missing
+        sys.modules["mmcv._ext"] = _NoOps("mmcv._ext")
+
+
+def _strip_cfg(o):
+    if isinstance(o, dict):
+        if o.get("type") == "SyncBN": o["type"] = "BN"
+        for k in list(o):
+            if k in ("init_cfg", "pretrained"): o[k] = None
+            else: _strip_cfg(o[k])
+    elif isinstance(o, (list, tuple)):
+        for v in o: _strip_cfg(v)
+    return o
+
+
+def build_peers(a):
+    "[(key, framework, label, forward fn, params, params_aux, error)] for MMSeg and SMP."
+    rows, only = [], re.compile(a.only) if a.only else None
+    if not a.skip_mmseg:
+        try:
+            _mmcv_stub()
+            import mmseg
+            from mmengine.config import Config
+            from mmseg.registry import MODELS as MM
+            from mmseg.utils import register_all_modules
+            from mmseg.models.utils import resize
+            register_all_modules(init_default_scope=True)
+            root = Path(mmseg.__file__).parent / ".mim" / "configs"
+            for key, _, rel in MODELS:
+                if only and not only.search(key): continue
+                try:
+                    cfg = Config.fromfile(str(root / rel))
+                    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                        m = MM.build(_strip_cfg(cfg.model.to_dict())); m.init_weights()
+                    m.eval()
+                    ac = getattr(m.decode_head, "align_corners", False)
+                    fwd = (lambda m, ac: lambda x: resize(m(x, mode="tensor"), size=x.shape[2:], mode="bilinear", align_corners=ac))(m, ac)
+                    rows.append((key, f"mmseg {mmseg.__version__}", "fp32", fwd, n_params(m, "auxiliary_head"),
+                                 n_params(m) - n_params(m, "auxiliary_head"), None))
+                except Exception as e:  # noqa: BLE001
+                    rows.append((key, "mmseg", "fp32", None, 0, 0, f"{type(e).__name__}: {e}"[:200]))
+        except Exception as e:  # noqa: BLE001
+            rows.append(("*", "mmseg", "fp32", None, 0, 0, f"mmseg unavailable: {type(e).__name__}: {e}"[:200]))
+    if not a.skip_smp:
+        try:
+            import segmentation_models_pytorch as smp
+            for label, arch, enc, kw, same in SMP_MODELS:
+                if only and not only.search(label) and not (same and only.search(same)): continue
+                try:
+                    m = getattr(smp, arch)(encoder_name=enc, encoder_weights=None, classes=NUM_CLASSES, **kw).eval()
+                    rows.append((same or label, f"smp {smp.__version__}", label, m, n_params(m), 0, None))
+                except Exception as e:  # noqa: BLE001
+                    rows.append((same or label, "smp", label, None, 0, 0, f"{type(e).__name__}: {e}"[:200]))
+        except Exception as e:  # noqa: BLE001
+            rows.append(("*", "smp", "-", None, 0, 0, f"smp unavailable: {type(e).__name__}: {e}"[:200]))
+    return rows
+
+
+def worker_main(a):
+    torch.set_num_threads(a.threads)
+    x = make_input(a)
+    rows = build_peers(a)
+    out = []
+    for i, (key, fw, label, fwd, params, aux, err) in enumerate(rows):
+        flops = None
+        if fwd is not None:
+            try:
+                flops, _ = count_flops(fwd, x)
+                for _ in range(a.warmup - 1): timed_ms(fwd, x)
+            except Exception as e:  # noqa: BLE001
+                err, rows[i] = f"{type(e).__name__}: {e}"[:200], (key, fw, label, None, params, aux, err)
+        out.append(dict(id=i, key=key, framework=fw, variant=label, params=params, params_aux=aux, flops=flops, error=err))
+    print(json.dumps(dict(ready=out)), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "quit": break
+        if cmd[0] == "run": print(json.dumps(dict(ms=timed_ms(rows[int(cmd[1])][3], x))), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------ main side
+class Worker:
+    "The peers process: answers `run <id>` with the time of one forward."
+    def __init__(self, a):
+        args = [a.peers_python, str(Path(__file__).resolve()), "--worker", "--batch", str(a.batch), "--size", str(a.size),
+                "--threads", str(a.threads), "--warmup", str(a.warmup)]
+        if a.only: args += ["--only", a.only]
+        if a.skip_mmseg: args.append("--skip-mmseg")
+        if a.skip_smp: args.append("--skip-smp")
+        env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "PYTHONPATH": ""}
+        import tempfile
+        self.log = tempfile.TemporaryFile("w+")     # a file, not a pipe: a chatty worker cannot block on a full pipe
+        self.p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
+                                  cwd=str(Path(__file__).resolve().parent))
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"peers worker ({a.peers_python}) exited: {self.stderr()}")
+        self.rows = json.loads(line)["ready"]
+
+    def run(self, i):
+        self.p.stdin.write(f"run {i}\n"); self.p.stdin.flush()
+        line = self.p.stdout.readline()
+        if not line: raise RuntimeError(f"peers worker died: {self.stderr()}")
+        return json.loads(line)["ms"]
+
+    def stderr(self):
+        self.log.seek(0)
+        return self.log.read()[-2000:]
+
+    def close(self):
+        with contextlib.suppress(Exception):
+            self.p.stdin.write("quit\n"); self.p.stdin.flush(); self.p.wait(timeout=30)
+
+
+def build_segnb(a):
+    sys.path.insert(0, str(ROOT))
+    from segnb.config import Config
+    from segnb.registry import MODELS as SM
+    only = re.compile(a.only) if a.only else None
+    rows = []
+    for key, cfg_name, _ in MODELS:
+        if only and not only.search(key): continue
+        cfg = Config.fromfile(ROOT / "segnb" / "configs" / f"{cfg_name}.yaml")
+        def make():
+            torch.manual_seed(0)
+            return SM.build(cfg.model.to_dict()).eval()
+        m = make()
+        params, aux = n_params(m, "auxiliary_head"), n_params(m) - n_params(m, "auxiliary_head")
+        if a.ablation: rows.append(dict(key=key, framework="segnb", variant="fp32 (no fusion, NCHW)", fn=m.inference, params=params, params_aux=aux))
+        fast = make().optimize_for_inference()
+        rows.append(dict(key=key, framework="segnb", variant="fp32", fn=fast.inference, params=params, params_aux=aux))
+        rows.append(dict(key=key, framework="segnb", variant="bf16", fn=lambda x, f=fast: f.inference(x, precision="bf16"),
+                         params=params, params_aux=aux))
+    return rows
+
+
+def main():
+    a = parse_args()
+    if a.worker: return worker_main(a)
+    torch.set_num_threads(a.threads)
+    os.environ["OMP_NUM_THREADS"] = str(a.threads)
+    x = make_input(a)
+    t_start = time.perf_counter()
+    print(f"# bench_forward: batch {a.batch} x 3 x {a.size} x {a.size}, {a.threads} threads, {a.runs} timed rounds, torch {torch.__version__}",
+          flush=True)
+    rows = build_segnb(a)
+    outs = {}
+    for r in rows:
+        r["flops"], out = count_flops(r["fn"], x)
+        for _ in range(a.warmup - 1): timed_ms(r["fn"], x)
+        outs[(r["key"], r["variant"])] = out.argmax(1)
+        r["ms"], r["error"] = [], None
+    for key in {r["key"] for r in rows}:
+        if (key, "fp32") in outs and (key, "bf16") in outs:
+            agree = float((outs[(key, "fp32")] == outs[(key, "bf16")]).float().mean())
+            for r in rows:
+                if r["key"] == key and r["variant"] == "bf16": r["agreement"] = agree
+    worker = None
+    if not (a.skip_mmseg and a.skip_smp):
+        if not Path(a.peers_python).exists():
+            print(f"# peers python {a.peers_python} not found: MMSeg/SMP rows skipped", flush=True)
+        else:
+            worker = Worker(a)
+            for w in worker.rows:
+                rows.append(dict(key=w["key"], framework=w["framework"], variant=w["variant"], params=w["params"],
+                                 params_aux=w["params_aux"], flops=w["flops"], error=w["error"], ms=[], remote=w["id"]))
+    print(f"# built and warmed up in {time.perf_counter() - t_start:.0f} s", flush=True)
+    live = [r for r in rows if not r.get("error")]
+    deadline = time.perf_counter() + a.time_budget
+    min_runs = 2 if a.quick else 3
+    try:
+        for i in range(a.runs):
+            t0 = time.perf_counter()
+            for r in live:
+                r["ms"].append(worker.run(r["remote"]) if "remote" in r else timed_ms(r["fn"], x))
+            rnd = time.perf_counter() - t0
+            if i + 1 >= min_runs and i + 1 < a.runs and time.perf_counter() + rnd > deadline:
+                print(f"# time budget: stopped after {i + 1} of {a.runs} rounds", flush=True)
+                break
+    finally:
+        if worker: worker.close()
+    report(rows, a)
+
+
+def report(rows, a):
+    for r in rows: r["median_ms"] = statistics.median(r["ms"]) if r.get("ms") else None
+    mm = {r["key"]: r["median_ms"] for r in rows if r["framework"].startswith("mmseg") and r["median_ms"]}
+    smp_same = {r["key"]: r["median_ms"] for r in rows if r["framework"].startswith("smp") and r["median_ms"] and r["key"] in dict((k, 1) for k, _, _ in MODELS)}
+    print(f"\n| model | framework | variant | params (M) | GFLOPs | median ms | GFLOP/s | x MMSeg fp32 (same arch) | x SMP (same arch) | bf16 labels = fp32 |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    order = {k: i for i, (k, _, _) in enumerate(MODELS)}
+    for r in sorted(rows, key=lambda r: (order.get(r["key"], 99), r["key"], r["framework"] != "segnb", r["framework"], r["variant"])):
+        p = f"{r['params'] / 1e6:.2f}" + (f" (+{r['params_aux'] / 1e6:.2f} aux)" if r.get("params_aux") else "")
+        if r.get("error"):
+            print(f"| {r['key']} | {r['framework']} | {r['variant']} | {p} | - | - | - | - | - | FAILED: {r['error']} |"); continue
+        ms, fl = r["median_ms"], r["flops"]
+        vs_mm = f"{mm[r['key']] / ms:.2f}" if r["key"] in mm and ms else "-"
+        vs_smp = f"{smp_same[r['key']] / ms:.2f}" if r["key"] in smp_same and ms else "-"
+        ag = f"{100 * r['agreement']:.2f}%" if "agreement" in r else "-"
+        print(f"| {r['key']} | {r['framework']} | {r['variant']} | {p} | {fl / 1e9:.1f} | {ms:.1f} | {fl / 1e9 / (ms / 1e3):.1f} | {vs_mm} | {vs_smp} | {ag} |")
+    print(f"\n# rows timed round-robin; params exclude auxiliary heads (not run at inference); "
+          f"GFLOPs counted by FlopCounterMode (multiply-add = 2)")
+    if a.json:
+        keep = ("key", "framework", "variant", "params", "params_aux", "flops", "ms", "median_ms", "agreement", "error")
+        Path(a.json).write_text(json.dumps(dict(args=vars(a), rows=[{k: r.get(k) for k in keep} for r in rows]), indent=1))
+
+
+if __name__ == "__main__":
+    main()
