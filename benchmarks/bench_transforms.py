@@ -20,8 +20,10 @@ Every framework produces the same thing: a float32 (4, 3, 512, 512) normalised i
 
 The images are generated once per run (seeded, written as JPEG q=90 + PNG masks, ADE-like: 384-683 x 512-800 pixels,
 5-20 regions of 150 classes), and all frameworks read the same files. Timing: per framework, a fresh DataLoader
-iterator, `--warmup` batches discarded, then the next batches timed; frameworks alternate round-robin for `--rounds`
-rounds; the median images/s is reported, with the ratio to MMSeg from the same run.
+iterator, `--warmup` batches discarded (both workers started), then the next batches timed; frameworks alternate
+round-robin for `--rounds` rounds; the median images/s is reported, with the ratio to MMSeg from the same run. A second
+column is the CPU cost per image of the same pipeline in one process (`num_workers=0`, `time.process_time`, main-process
+batch work included): images/s only means something on an otherwise idle machine, the CPU cost is steadier under load.
 
 Usage: .venv/bin/python benchmarks/bench_transforms.py [--images 64] [--rounds 3] [--quick]
 """
@@ -56,18 +58,18 @@ def make_images(root: Path, n: int, seed: int = 0):
     return root
 
 
-def time_loader(make_iter, n_batches, warmup, post=None):
-    "images/s over `n_batches` batches after `warmup` batches of a fresh iterator."
+def time_loader(make_iter, n_batches, warmup, post=None, cpu=False):
+    "images/s over `n_batches` batches after `warmup` batches of a fresh iterator (`cpu`: this process's CPU ms per image)."
     it = make_iter()
     for _ in range(warmup):
         b = next(it); post(b) if post else None
-    t0 = time.perf_counter(); n = 0
+    t0, c0 = time.perf_counter(), time.process_time(); n = 0
     for _ in range(n_batches):
         b = next(it); out = post(b) if post else b
         n += out[0].shape[0]
-    dt = time.perf_counter() - t0
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
     del it
-    return n / dt
+    return dc / n * 1e3 if cpu else n / dt
 
 
 # ---------------------------------------------------------------- segnb
@@ -166,8 +168,10 @@ def mmseg_worker(root, workers, rounds, warmup, threads):
         out = pre(b, training=True)
         return out["inputs"], torch.stack([d.gt_sem_seg.data[0] for d in out["data_samples"]])
     res = [time_loader(lambda: iter(dl), len(ds) // BS - warmup, warmup, post) for _ in range(rounds)]
+    dl0 = torch.utils.data.DataLoader(ds, batch_size=BS, shuffle=True, num_workers=0, drop_last=True, collate_fn=pseudo_collate)
+    cpu = [time_loader(lambda: iter(dl0), len(ds) // BS - 1, 1, post, cpu=True) for _ in range(rounds)]
     import mmseg, mmcv, cv2
-    print(json.dumps({"ips": res, "note": note, "versions": {"mmseg": mmseg.__version__, "mmcv": mmcv.__version__, "cv2": cv2.__version__}}))
+    print(json.dumps({"ips": res, "cpu": cpu, "note": note, "versions": {"mmseg": mmseg.__version__, "mmcv": mmcv.__version__, "cv2": cv2.__version__}}))
 
 
 def run_mmseg(root, args):
@@ -197,7 +201,7 @@ def main():
     ap.add_argument("--data", help="reuse a folder of generated images")
     a = ap.parse_args()
     if a.mmseg_worker: return mmseg_worker(Path(a.mmseg_worker), a.workers, a.rounds, a.warmup, a.threads)
-    if a.quick: a.images, a.rounds, a.warmup = 16, 1, 1
+    if a.quick: a.images, a.rounds, a.warmup = 24, 1, 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     torch.set_num_threads(a.threads)
@@ -206,25 +210,32 @@ def main():
         t0 = time.perf_counter(); make_images(root, a.images); print(f"# wrote {a.images} images to {root} in {time.perf_counter() - t0:.1f}s")
     n_batches = a.images // BS - a.warmup
     if n_batches < 1: sys.exit(f"--images {a.images} gives no timed batches after {a.warmup} warm-up batches of {BS}")
-    makers = {"segnb (Normalize on the batch)": segnb_loaders(root, a.workers, False)}
-    if a.segnb_item_normalize: makers["segnb (Normalize per item)"] = segnb_loaders(root, a.workers, True)
-    if not a.skip_torchvision: makers["torchvision 0.29 v2"] = tv_loaders(root, a.workers)
-    res = {k: [] for k in makers}; mm, mm_err = [], None
+    makers = {"segnb (Normalize on the batch)": (segnb_loaders(root, a.workers, False), segnb_loaders(root, 0, False))}
+    if a.segnb_item_normalize: makers["segnb (Normalize per item)"] = (segnb_loaders(root, a.workers, True), segnb_loaders(root, 0, True))
+    if not a.skip_torchvision: makers["torchvision 0.29 v2"] = (tv_loaders(root, a.workers), tv_loaders(root, 0))
+    MM = "mmseg 1.2.2 (+ SegDataPreProcessor)"
+    res = {k: [] for k in makers}; cpu = {k: [] for k in makers}; mm_err = None
     if a.skip_mmseg: mm_err = "SKIPPED (--skip-mmseg)"
+    else: res[MM], cpu[MM] = [], []
     for r in range(a.rounds):
-        for name, (mk, _) in makers.items(): res[name].append(time_loader(mk, n_batches, a.warmup))
+        for name, ((mk, _), (mk0, n0)) in makers.items():
+            res[name].append(time_loader(mk, n_batches, a.warmup))
+            cpu[name].append(time_loader(mk0, n0 - 1, 1, cpu=True))
         if mm_err is None:
             out, mm_err = run_mmseg(root, a)
-            if out: mm += out["ips"]; mm_note = out
-        print(f"# round {r + 1}/{a.rounds}: " + ", ".join(f"{k}: {v[-1]:.1f}" for k, v in res.items()) + (f", mmseg: {mm[-1]:.1f}" if mm else ""), flush=True)
-    rows = {k: statistics.median(v) for k, v in res.items()}
-    if mm: rows["mmseg 1.2.2 (+ SegDataPreProcessor)"] = statistics.median(mm)
-    ref = rows.get("mmseg 1.2.2 (+ SegDataPreProcessor)")
+            if out: res[MM] += out["ips"]; cpu[MM] += out["cpu"]; mm_note = out
+            else: del res[MM], cpu[MM]
+        print(f"# round {r + 1}/{a.rounds}: " + ", ".join(f"{k}: {v[-1]:.1f} img/s, {cpu[k][-1]:.1f} CPU ms/img" for k, v in res.items() if v), flush=True)
+    rows = {k: (statistics.median(v), statistics.median(cpu[k])) for k, v in res.items() if v}
+    ref = rows.get(MM)
     import torchvision, fastai
     print(f"\n{a.images} images, batch {BS}, {a.workers} workers, {a.rounds} round(s), torch {torch.__version__}, "
-          f"torchvision {torchvision.__version__}, fastai {fastai.__version__}" + (f", {mm_note['versions']} ({mm_note['note']})" if mm else ""))
-    print(f"{'pipeline':44s} {'images/s':>9s} {'x mmseg':>8s}")
-    for k, v in rows.items(): print(f"{k:44s} {v:9.1f} {v / ref if ref else float('nan'):8.2f}")
+          f"torchvision {torchvision.__version__}, fastai {fastai.__version__}" + (f", {mm_note['versions']} ({mm_note['note']})" if MM in rows else ""))
+    try: print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (images/s needs an idle machine; CPU ms/img is steadier)")
+    except OSError: pass
+    print(f"{'pipeline':40s} {'images/s':>9s} {'x mmseg':>8s} {'CPU ms/img (1 process)':>23s} {'x mmseg':>8s}")
+    for k, (v, c) in rows.items():
+        print(f"{k:40s} {v:9.1f} {v / ref[0] if ref else float('nan'):8.2f} {c:23.1f} {ref[1] / c if ref else float('nan'):8.2f}")
     if mm_err: print(f"mmseg: {mm_err}")
 
 

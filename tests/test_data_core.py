@@ -99,3 +99,19 @@ def test_depth_folder(tmp_path):
     x, y, d = dls.one_batch()
     assert isinstance(d, TensorDepth) and d.shape == (2, 1, 40, 56)
     assert torch.allclose(d.as_subclass(torch.Tensor), torch.full_like(d.as_subclass(torch.Tensor), 1.5))
+
+def test_workers_do_not_hang_after_threaded_opencv_in_the_parent(tmp_path):
+    "OpenCV's thread pool does not survive fork: SegDL turns it off before starting workers (this used to hang forever)."
+    import subprocess, sys, textwrap
+    code = textwrap.dedent('''
+        import numpy as np, cv2
+        from segnb.data.synthetic import SyntheticScenes
+        from segnb.data.core import seg_dataloaders
+        x = np.random.randint(0, 255, (1200, 1600, 3), np.uint8)
+        for _ in range(3): cv2.resize(x, (2400, 1800))
+        dls = seg_dataloaders((SyntheticScenes(8, 48), SyntheticScenes(2, 48, split="val")), bs=4, num_workers=2,
+                              item_tfms=[dict(type="RandomResize", scale=(96, 72), ratio_range=(0.5, 2.0)), dict(type="RandomCrop", crop_size=(32, 32)),
+                                         dict(type="Pad", size=(32, 32))])
+        print("batches", sum(1 for _ in dls.train))''')
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert "batches 2" in r.stdout, r.stderr[-2000:]

@@ -661,10 +661,10 @@ def _show_samples(samples, outs=None, ctxs=None, max_n=6, nrows=None, ncols=3, f
 
 class SegDL(TfmdDL):
     "A `TfmdDL` whose `show_batch`/`show_results` draw masks in the dataset palette with a legend."
-    def wif(self):
-        "In each worker process: one OpenCV thread (the workers are the parallelism; fastai already sets torch to 1)."
-        if cv2 is not None: cv2.setNumThreads(1)
     def before_iter(self):
+        # OpenCV's thread pool does not survive fork(): a worker calling cv2 after the parent used threaded cv2 hangs
+        # forever. Turn cv2's pool off in the parent before the workers start (MMEngine's runner does the same).
+        if cv2 is not None and self.num_workers > 0: cv2.setNumThreads(0)
         super().before_iter()
         f = getattr(self.dataset, "set_epoch", None)  # e.g. WeightedConcatDataset redraws its items each epoch
         if callable(f): self._epoch = getattr(self, "_epoch", -1) + 1; f(self._epoch)
