@@ -230,3 +230,30 @@ def test_depth_dataloaders_from_synthetic():
                             meta=DepthMeta(max_depth=10), bs=2)
     x, y = dls.one_batch()
     assert isinstance(y, TensorDepth) and y.shape == (2, 1, 32, 32) and float(y.max()) <= 10.0
+
+
+# ---------------------------------------------------------------- configs
+@pytest.mark.parametrize("name", ["depthconv_r18_synthetic-96x96.yaml", "multitask_fpn-depthconv_r18_synthetic-96x96.yaml"])
+def test_configs_build_and_train(name, tmp_path):
+    "The shipped configs (with a tiny backbone and 2 iterations) train through learner_from_config and report their metrics."
+    from segnb.config import Config
+    from segnb.train import learner_from_config, fit_from_config, evaluate
+    from segnb.data.core import build_dataloaders
+    from segnb.depth_learner import _one_input
+    root = __import__("pathlib").Path(__file__).resolve().parents[1] / "segnb" / "configs"
+    full = Config.fromfile(root / name)
+    assert full.model.backbone.model_name == "resnet18" and full.data.dataset.type == "SyntheticScenes"
+    m = MODELS.build(full.model)
+    assert sum(p.numel() for p in m.backbone.parameters()) > 11e6
+    cfg = Config.fromfile(root / name, ["data.train.n=8", "data.val.n=4", "data.dataset.size=32", "schedule.max_iters=2",
+                                        "schedule.val_interval=2", "schedule.warmup_iters=0", "data.batch_size=4",
+                                        "model.backbone.model_name=test_resnet", "callbacks.0.interval=2"])
+    if cfg.model.type == "DepthEstimator": cfg.model.decode_head.in_channels = [32, 48, 192, 96]
+    else: cfg.model.neck.in_channels = [32, 48, 192, 96]
+    dls = _one_input(build_dataloaders(cfg.data))     # (image, mask, depth) items: one input, two targets
+    learn = learner_from_config(cfg, work_dir=tmp_path, dls=dls)
+    with learn.no_bar(), learn.no_logging(): fit_from_config(learn)
+    res = evaluate(learn)["metrics"]
+    assert {"d1", "abs_rel", "rmse"} <= set(res) and all(math.isfinite(v) for v in res.values())
+    if cfg.model.type == "MultiTaskSegmentor": assert "mIoU" in res
+    assert (tmp_path / "checkpoints").is_dir()
