@@ -20,6 +20,8 @@ from fastai.vision.core import PILMask
 from fasttransform import Transform, DisplayedTransform, Pipeline
 
 from ..registry import DATASETS, TRANSFORMS
+try: import cv2  # optional fast paths (JPEG decoding, histograms)
+except ImportError: cv2 = None
 
 _log = logging.getLogger("segnb.data")
 
@@ -151,9 +153,6 @@ def _open_pil(path) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise SegDataError(f"cannot read {path}: {type(e).__name__}: {e} (unreadable or truncated); {_FIX}") from None
 
-try: import cv2
-except ImportError: cv2 = None
-
 def _cv2_jpeg(path):
     "Decode a complete JPEG with OpenCV (faster than PIL); None when it may be truncated (no end marker) or fails, so PIL reports it."
     try: data = path.read_bytes()
@@ -211,16 +210,21 @@ def _colors_to_index(rgb: np.ndarray, meta: SegMeta, path) -> np.ndarray:
 
 def reduce_zero_label(m: np.ndarray, ignore_index: int = 255) -> np.ndarray:
     "MMSeg's `reduce_zero_label`: 0 -> ignore_index, every other label -1, ignore_index stays."
+    if m.dtype == np.uint8 and 0 <= ignore_index < 256:   # one table look-up
+        lut = (np.arange(256) - 1).astype(np.int64); lut[0] = ignore_index; lut[ignore_index] = ignore_index
+        return lut.astype(np.uint8)[m]
     out = m.astype(np.int32) - 1
     out[m == 0] = ignore_index
     out[m == ignore_index] = ignore_index
     return out.astype(m.dtype)
 
 def label_values(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    "The label values present in `m` and their pixel counts (`bincount` for uint8, `unique` otherwise)."
+    "The label values present in `m` and their pixel counts (a histogram for uint8, `unique` otherwise)."
     m = np.asarray(m)
     if m.dtype == np.uint8:
-        cnt = np.bincount(m.ravel(), minlength=256); v = np.nonzero(cnt)[0]
+        if cv2 is not None and m.ndim == 2: cnt = cv2.calcHist([np.ascontiguousarray(m)], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+        else: cnt = np.bincount(m.ravel(), minlength=256)
+        v = np.nonzero(cnt)[0]
         return v, cnt[v]
     return np.unique(m, return_counts=True)
 
@@ -228,6 +232,11 @@ def bad_labels(m: np.ndarray, meta: SegMeta) -> list[int]:
     "Label values outside `[0, num_classes)` that are not `ignore_index`."
     vals, _ = label_values(m)
     return [int(v) for v in vals if (v >= meta.num_classes or v < 0) and v != meta.ignore_index]
+
+def _invalid_lut(meta: SegMeta) -> np.ndarray:
+    lut = np.ones(256, bool); lut[: meta.num_classes] = False
+    if 0 <= meta.ignore_index < 256: lut[meta.ignore_index] = False
+    return lut
 
 def load_mask(path, meta: SegMeta, check: bool = True) -> ArrayMask:
     "Read a mask as an (H,W) `ArrayMask` of class indices (index PNG, binary 0/255, RGB palette mask), applying `reduce_zero_label`."
@@ -254,7 +263,7 @@ def load_mask(path, meta: SegMeta, check: bool = True) -> ArrayMask:
     if meta.num_classes == 2 and not meta.reduce_zero_label and 255 in (vals := set(label_values(m)[0].tolist())) and vals <= {0, 255}:
         m = (m == 255).astype(np.uint8)  # binary 0/255 mask
     if meta.reduce_zero_label: m = reduce_zero_label(m, meta.ignore_index)
-    if check:
+    if check and (m.dtype != np.uint8 or _invalid_lut(meta)[m].any()):  # cheap test first; details only when needed
         bad = bad_labels(m, meta)
         if bad:
             raise SegDataError(f"{path}: labels {bad[:10]} are outside [0, {meta.num_classes}) and not ignore_index={meta.ignore_index}. "
@@ -397,11 +406,13 @@ class SegFolderDataset:
         return f"{type(self).__name__}({len(self)} items, img_dir={self.img_dir}, ann_dir={self.ann_dir}, {self.meta.num_classes} classes)"
 
 # %% ../../nbs/10_data.core.ipynb #bf6e19c1
+def _positive(a): return a if all(s > 0 for s in a.strides) else np.ascontiguousarray(a)  # torch needs positive strides
+
 class SegToTensor(DisplayedTransform):
-    "Numpy items -> fastai tensors: `ArrayImage` (H,W,C) -> `TensorImage` (C,H,W), `ArrayMask` -> long `TensorMask`, `ArrayDepth` -> `TensorDepth` (1,H,W)."
+    "Numpy items -> fastai tensors: `ArrayImage` (H,W,C) -> `TensorImage` (C,H,W), `ArrayMask` -> `TensorMask` (long once batched), `ArrayDepth` -> `TensorDepth` (1,H,W)."
     order = 5
-    def encodes(self, o: ArrayImage): return TensorImage(torch.from_numpy(np.ascontiguousarray(np.asarray(o).transpose(2, 0, 1))))
-    def encodes(self, o: ArrayMask): return TensorMask(torch.from_numpy(np.asarray(o).astype(np.int64)))
+    def encodes(self, o: ArrayImage): return TensorImage(torch.from_numpy(_positive(np.asarray(o))).permute(2, 0, 1))  # collation makes it contiguous
+    def encodes(self, o: ArrayMask): return TensorMask(torch.from_numpy(_positive(np.asarray(o))))  # uint8 until the batch: 8x less to move
     def encodes(self, o: ArrayDepth): return TensorDepth(torch.from_numpy(np.ascontiguousarray(np.asarray(o, dtype=np.float32)))[None])
     def encodes(self, o: PILMask): return TensorMask(torch.from_numpy(np.asarray(o).astype(np.int64)))
     def encodes(self, o: Image.Image):
@@ -426,8 +437,9 @@ class SegNormalize(DisplayedTransform):
     def encodes(self, o: TensorImage):
         m, inv = self._ms(o)
         if o.shape[1] != m.shape[1]: return SegIntToFloat.encodes(SegIntToFloat(), o)  # other band counts: just [0, 1]
-        x = o.float() if not o.is_floating_point() else o.float() * 255
-        return x.sub_(m).mul_(inv)
+        t = o.as_subclass(torch.Tensor)
+        if o.is_floating_point(): t = t * 255
+        return TensorImage(torch.addcmul(-m * inv, t, inv))  # uint8 -> normalised float in one pass
     def encodes(self, o: TensorMask): return o.long()
     def encodes(self, o: TensorDepth): return o.float()
     def decodes(self, o: TensorImage):

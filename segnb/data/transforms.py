@@ -132,17 +132,6 @@ def _interp(name):
     if name not in _INTERP: raise ValueError(f"interpolation must be one of {list(_INTERP)}, got {name!r}")
     return _INTERP[name]
 
-_CV_INTERP = {} if cv2 is None else {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "bicubic": cv2.INTER_CUBIC,
-                                      "area": cv2.INTER_AREA, "lanczos": cv2.INTER_LANCZOS4}
-_CV_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
-
-def _cv_chunks(a, fn):
-    "Apply an OpenCV function to <= 4 channels at a time; keeps (H,W) / (H,W,C) layout."
-    if a.ndim == 2 or a.shape[2] <= 4:
-        out = fn(np.ascontiguousarray(a))
-        return out[..., None] if a.ndim == 3 and out.ndim == 2 else out
-    return np.concatenate([_cv_chunks(a[..., i:i + 4], fn) for i in range(0, a.shape[2], 4)], -1)
-
 def resize_image(a: np.ndarray, hw, interpolation="bilinear", box=None) -> np.ndarray:
     "Resize an image array to `hw` = (H, W); `box` = (x0, y0, x1, y1) in source pixels resizes only that window."
     h, w = int(hw[0]), int(hw[1])
@@ -156,6 +145,22 @@ def resize_image(a: np.ndarray, hw, interpolation="bilinear", box=None) -> np.nd
         M = np.array([[sx, 0, x0 + 0.5 * sx - 0.5], [0, sy, y0 + 0.5 * sy - 0.5]], np.float64)
         return _cv_chunks(a, lambda x: cv2.warpAffine(x, M, (w, h), flags=flag | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE))
     return pil_apply(a, lambda im, f: im.resize((w, h), res, box=box))
+
+_CV_INTERP = {} if cv2 is None else {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "bicubic": cv2.INTER_CUBIC,
+                                      "area": cv2.INTER_AREA, "lanczos": cv2.INTER_LANCZOS4}
+_CV_DTYPES = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
+
+def _cvable(a):
+    "`a` itself when OpenCV can read it in place (positive strides, packed pixels; row padding is fine), else a packed copy."
+    packed = a.strides[-1] == a.itemsize and (a.ndim == 2 or a.strides[1] == a.shape[2] * a.itemsize)
+    return a if packed and all(s > 0 for s in a.strides) else np.ascontiguousarray(a)
+
+def _cv_chunks(a, fn):
+    "Apply an OpenCV function to <= 4 channels at a time; keeps (H,W) / (H,W,C) layout."
+    if a.ndim == 2 or a.shape[2] <= 4:
+        out = fn(_cvable(a))
+        return out[..., None] if a.ndim == 3 and out.ndim == 2 else out
+    return np.concatenate([_cv_chunks(a[..., i:i + 4], fn) for i in range(0, a.shape[2], 4)], -1)
 
 def nearest_indices(n_in: int, n_out: int, start: int = 0, stop: int | None = None) -> np.ndarray:
     "Source indices of output pixels `start:stop` when resizing `n_in` pixels to `n_out` with nearest (pixel centres)."
@@ -276,7 +281,8 @@ class SegRescale(SegTransform):
 # %% ../../nbs/11_data.transforms.ipynb #d59c153b
 def _crop_ok(seg, cat_max_ratio, ignore_index):
     seg = np.asarray(seg)
-    if seg.dtype == np.uint8: cnt = np.bincount(seg.ravel(), minlength=256)
+    if seg.dtype == np.uint8 and cv2 is not None: cnt = cv2.calcHist([_cvable(seg)], [0], None, [256], [0, 256]).ravel()
+    elif seg.dtype == np.uint8: cnt = np.bincount(seg.ravel(), minlength=256)
     else: _, cnt = np.unique(seg[seg != ignore_index], return_counts=True); cnt = np.concatenate([cnt, [0]])
     if seg.dtype == np.uint8 and 0 <= ignore_index < 256: cnt[ignore_index] = 0
     cnt = cnt[cnt > 0]
@@ -329,6 +335,8 @@ class ResizeCrop(SegTransform):
     def _img(self, a):
         (h, w), (H, W), (y0, y1, x0, x1) = self.src_hw, self.out_hw, self.bbox
         if (H, W) == (h, w): return a[y0:y1, x0:x1]
+        if cv2 is not None and H * W <= 3 * (y1 - y0) * (x1 - x0):  # cv2.resize is ~4x faster per pixel than warpAffine
+            return resize_image(a, (H, W), self.resize.interpolation)[y0:y1, x0:x1]
         sy, sx = h / H, w / W
         return resize_image(a, (y1 - y0, x1 - x0), self.resize.interpolation, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy))
     def _mask(self, a): return resize_nearest(a, self.out_hw, self.bbox)
