@@ -2,6 +2,7 @@
 
 d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_url': 'https://github.com/segnb/segnb', 'lib_path': 'segnb'},
   'syms': { 'segnb.analysis': { 'segnb.analysis._backbone_name': ('analysis.html#_backbone_name', 'segnb/analysis.py'),
+                                'segnb.analysis._config': ('analysis.html#_config', 'segnb/analysis.py'),
                                 'segnb.analysis._load_any': ('analysis.html#_load_any', 'segnb/analysis.py'),
                                 'segnb.analysis._stem': ('analysis.html#_stem', 'segnb/analysis.py'),
                                 'segnb.analysis.add_analyze_args': ('analysis.html#add_analyze_args', 'segnb/analysis.py'),
@@ -2245,6 +2246,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'segnb.openvocab.build_text_encoder': ('openvocab.html#build_text_encoder', 'segnb/openvocab.py'),
                                  'segnb.openvocab.class_label': ('openvocab.html#class_label', 'segnb/openvocab.py'),
                                  'segnb.openvocab.dataset_classes': ('openvocab.html#dataset_classes', 'segnb/openvocab.py'),
+                                 'segnb.openvocab.encoder_config': ('openvocab.html#encoder_config', 'segnb/openvocab.py'),
                                  'segnb.openvocab.evaluate_open_vocab': ('openvocab.html#evaluate_open_vocab', 'segnb/openvocab.py'),
                                  'segnb.openvocab.extend_predict_command': ('openvocab.html#extend_predict_command', 'segnb/openvocab.py'),
                                  'segnb.openvocab.load_openvocab': ('openvocab.html#load_openvocab', 'segnb/openvocab.py'),

@@ -414,3 +414,27 @@ def test_openvocab_with_openvocab_segmenter():
     np.testing.assert_array_equal(ov.result["labels"], ref.labels)
     np.testing.assert_allclose(ov.result["scores"], ref.scores, rtol=1e-5, atol=1e-6)
     assert len(ov.maps.children) == 3 and "3 queries" in ov.status.value
+
+
+def test_results_viewer_depth_and_multitask_learners(scenes):
+    "Whole-set numbers equal the learner's own validation metrics (same DepthMeta range/crop); task= picks the multi-task output."
+    from segnb.depth_learner import depth_learner, multitask_learner
+    from segnb.data.depth import depth_dataloaders, DepthView
+    dls = depth_dataloaders((DepthView(SyntheticScenes(4, 32, seed=0, depth=True)), DepthView(SyntheticScenes(3, 32, seed=0, split="val", depth=True))), bs=3)
+    torch.manual_seed(0)
+    learn = depth_learner(dls, backbone="test_resnet.r160_in1k")
+    dash = TrainingDashboard(refresh=0, n_preds=2)                       # depth previews are colour-mapped depth maps
+    with learn.no_bar(): learn.fit_iters(2, val_interval=2, lr=1e-3, cbs=[dash])
+    assert "abs_rel" in dash.history["metrics"] and png_size(dash.preds.value)[1] > 2 * 32
+    res = dict(zip(["valid_loss"] + [m.name for m in learn.metrics], learn.validate()))
+    rv = ResultsViewer(learn, progress=False)
+    got = rv.metric.compute(sync=False)
+    assert rv.kind == "depth" and got["abs_rel"] == pytest.approx(res["abs_rel"], rel=1e-5) and got["rmse"] == pytest.approx(res["rmse"], rel=1e-5)
+    mt = multitask_learner(seg_dataloaders(scenes, bs=3, depth_dir="depth_dir"), seg_arch="fcn", backbone="test_resnet.r160_in1k")
+    res = dict(zip(["valid_loss"] + [m.name for m in mt.metrics], mt.validate()))
+    seg, dep = ResultsViewer(mt, progress=False), ResultsViewer(mt, progress=False, task="depth")
+    assert seg.kind == "seg" and dep.kind == "depth"
+    assert seg.metric.compute(sync=False)["mIoU"] == pytest.approx(res["mIoU"], rel=1e-5)
+    assert dep.metric.compute(sync=False)["abs_rel"] == pytest.approx(res["abs_rel"], rel=1e-5)
+    assert all(is_png(p.value) for p in dep.panels + seg.panels)
+    with pytest.raises(ValueError, match="task"): ResultsViewer(learn, progress=False, task="seg")
