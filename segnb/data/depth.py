@@ -363,9 +363,7 @@ def depth_dataloaders(source, meta=None, bs: int = 8, item_tfms=None, batch_tfms
         valid = valid if valid is not None else valid_
     elif isinstance(source, tuple) and len(source) == 2: train, valid = source
     else: train = source
-    if meta is None: meta = getattr(train, "meta", None)
-    meta = DepthMeta.create(meta if isinstance(meta, (DepthMeta, Mapping, str, os.PathLike)) or meta is None else
-                            (meta if hasattr(meta, "max_depth") else None))
+    meta = DepthMeta.create(meta if meta is not None else getattr(train, "meta", None))   # a dataset's SegMeta gives its depth_scale
     train, valid = _as_depth_ds(train), _as_depth_ds(valid)
     dls = seg_dataloaders((train, valid) if valid is not None else train, SegMeta(["depth"], name=meta.name), bs=bs,
                           item_tfms=item_tfms, batch_tfms=batch_tfms, val_item_tfms=val_item_tfms, valid_pct=valid_pct,
