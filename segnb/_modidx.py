@@ -571,6 +571,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'segnb.data.core.TensorDepth.show': ('data.core.html#tensordepth.show', 'segnb/data/core.py'),
                                  'segnb.data.core.TensorDepth.valid_mask': ('data.core.html#tensordepth.valid_mask', 'segnb/data/core.py'),
                                  'segnb.data.core._colors_to_index': ('data.core.html#_colors_to_index', 'segnb/data/core.py'),
+                                 'segnb.data.core._cv2_gray_png': ('data.core.html#_cv2_gray_png', 'segnb/data/core.py'),
                                  'segnb.data.core._cv2_jpeg': ('data.core.html#_cv2_jpeg', 'segnb/data/core.py'),
                                  'segnb.data.core._find_meta': ('data.core.html#_find_meta', 'segnb/data/core.py'),
                                  'segnb.data.core._folder_datasets': ('data.core.html#_folder_datasets', 'segnb/data/core.py'),

@@ -18,6 +18,7 @@ from .registry import MODELS
 from .data.core import SegMeta, SegDataError, load_image, colorize_mask, default_palette, IMG_SUFFIXES
 from .data.transforms import build_pipeline
 from .cli import command
+from huggingface_hub import ModelHubMixin
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'VIDEO_SUFFIXES', 'TASKS', 'TINY_MODEL_CFG', 'Preprocessor', 'depth_to_color',
@@ -294,7 +295,8 @@ def list_images(folder, recursive: bool = False) -> list[Path]:
     it = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMG_SUFFIXES)
 
-class Segmenter:
+class Segmenter(ModelHubMixin, library_name="segnb", tags=["segnb", "fastai", "image-segmentation"],
+                repo_url="https://github.com/segnb/segnb"):
     "Predictor for segmentation, depth and multi-task models: inputs prepared as in validation, outputs at the input's size."
     def __init__(self, model, meta=None, cfg=None, preprocessor: Preprocessor | None = None, device=None, precision: str | None = None,
                  tta: bool | Mapping = False, optimize: bool = True, batch_size: int = 8, num_workers: int = 2,
@@ -306,6 +308,7 @@ class Segmenter:
         ds = ((self.cfg.get("data") or {}).get("dataset") or {}) if self.cfg is not None else {}
         self.color_type = color_type or ds.get("color_type", "color")
         self.backend = backend
+        self.info: dict = {}                     # where it came from: run folder, checkpoint, metrics (for model cards)
         if tta is True: tta = dict((self.cfg.get("tta") if self.cfg is not None else None) or {"scales": [0.5, 0.75, 1.0, 1.25, 1.5, 1.75], "flip": True})
         self.tta = dict(tta) if tta else None
         if backend == "torch":
@@ -349,13 +352,28 @@ class Segmenter:
             if not onnx.is_file(): raise FileNotFoundError(f"{onnx}: no ONNX export; run `segnb export {run} --format onnx` first")
             return cls(onnx, meta=meta, cfg=cfg, backend=backend, **kwargs)
         ck = find_run_checkpoint(run, checkpoint)
-        return cls.from_config(cfg, ck, meta=meta, **kwargs)
+        seg = cls.from_config(cfg, ck, meta=meta, **kwargs)
+        seg.info.update(run_dir=str(run), checkpoint=str(ck))
+        if (run / "metrics.json").is_file():
+            try: seg.info["metrics"] = json.loads((run / "metrics.json").read_text())
+            except json.JSONDecodeError: pass
+        return seg
+
+    # ---- Hugging Face Hub (huggingface_hub's ModelHubMixin: save_pretrained, from_pretrained, push_to_hub); see segnb.hub
+    def _save_pretrained(self, save_directory):
+        from segnb.hub import write_pretrained
+        write_pretrained(self, save_directory)
 
     @classmethod
-    def from_pretrained(cls, repo_id_or_dir, **kwargs) -> "Segmenter":
-        "A predictor saved by `save_pretrained` / `push_to_hub`: a local folder or a Hugging Face Hub repo id."
-        from segnb.hub import load_pretrained
-        return load_pretrained(repo_id_or_dir, **kwargs)
+    def _from_pretrained(cls, *, model_id, revision=None, cache_dir=None, force_download=False, local_files_only=False, token=None, **kwargs):
+        from segnb.hub import read_pretrained
+        return read_pretrained(model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
+                               local_files_only=local_files_only, token=token, **kwargs)
+
+    def generate_model_card(self, *args, **kwargs):
+        "A model card with the classes, metrics, dataset and training config (see `segnb.hub.model_card`)."
+        from segnb.hub import model_card
+        return model_card(self, **kwargs)
 
     @classmethod
     def from_learner(cls, learn, **kwargs) -> "Segmenter":
@@ -364,16 +382,6 @@ class Segmenter:
         meta = getattr(learn, "meta", None) or getattr(getattr(learn, "dls", None), "meta", None)
         model = copy.deepcopy(learn.model).cpu()
         return cls(model, meta=meta, cfg=cfg, **kwargs)
-
-    def save_pretrained(self, save_directory, **kwargs):
-        "Write safetensors weights, the merged config, class metadata and a model card to a folder (see `segnb.hub`)."
-        from segnb.hub import save_pretrained
-        return save_pretrained(self, save_directory, **kwargs)
-
-    def push_to_hub(self, repo_id: str, **kwargs):
-        "Upload `save_pretrained`'s folder to the Hugging Face Hub (see `segnb.hub.push_to_hub`)."
-        from segnb.hub import push_to_hub
-        return push_to_hub(self, repo_id, **kwargs)
 
     def state_dict(self) -> dict:
         "The model's weights as trained (before conv-BN fusion)."
