@@ -22,8 +22,8 @@ The images are generated once per run (seeded, written as JPEG q=90 + PNG masks,
 5-20 regions of 150 classes), and all frameworks read the same files. Timing: per framework, a fresh DataLoader
 iterator, `--warmup` batches discarded (both workers started), then the next batches timed; frameworks alternate
 round-robin for `--rounds` rounds; the median images/s is reported, with the ratio to MMSeg from the same run. A second
-column is the CPU cost per image of the same pipeline in one process (`num_workers=0`, `time.process_time`, main-process
-batch work included): images/s only means something on an otherwise idle machine, the CPU cost is steadier under load.
+column is the CPU cost per image of the same pipeline in one process (`num_workers=0`, one torch thread,
+`time.process_time`, main-process batch work included): images/s only means something on an otherwise idle machine, the CPU cost is steadier under load.
 
 Usage: .venv/bin/python benchmarks/bench_transforms.py [--images 64] [--rounds 3] [--quick]
 """
@@ -60,6 +60,9 @@ def make_images(root: Path, n: int, seed: int = 0):
 
 def time_loader(make_iter, n_batches, warmup, post=None, cpu=False):
     "images/s over `n_batches` batches after `warmup` batches of a fresh iterator (`cpu`: this process's CPU ms per image)."
+    import torch
+    threads = torch.get_num_threads()
+    if cpu: torch.set_num_threads(1)   # one thread: OpenMP spinning under load would be counted as work
     it = make_iter()
     for _ in range(warmup):
         b = next(it); post(b) if post else None
@@ -69,6 +72,7 @@ def time_loader(make_iter, n_batches, warmup, post=None, cpu=False):
         n += out[0].shape[0]
     dt, dc = time.perf_counter() - t0, time.process_time() - c0
     del it
+    torch.set_num_threads(threads)
     return dc / n * 1e3 if cpu else n / dt
 
 

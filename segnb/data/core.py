@@ -238,6 +238,13 @@ def _invalid_lut(meta: SegMeta) -> np.ndarray:
     if 0 <= meta.ignore_index < 256: lut[meta.ignore_index] = False
     return lut
 
+def _cv2_gray_png(path):
+    "An 8-bit greyscale PNG decoded by OpenCV (faster than PIL); None for any other kind (palette, RGB, 16-bit) or a file without IEND."
+    try: data = path.read_bytes()
+    except FileNotFoundError: raise FileNotFoundError(f"{path}: file not found") from None
+    if len(data) < 33 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[24] != 8 or data[25] != 0 or b"IEND" not in data[-16:]: return None
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
 def load_mask(path, meta: SegMeta, check: bool = True) -> ArrayMask:
     "Read a mask as an (H,W) `ArrayMask` of class indices (index PNG, binary 0/255, RGB palette mask), applying `reduce_zero_label`."
     path = Path(path); meta = SegMeta.create(meta)
@@ -247,9 +254,11 @@ def load_mask(path, meta: SegMeta, check: bool = True) -> ArrayMask:
         try: m = np.load(path)
         except FileNotFoundError: raise FileNotFoundError(f"{path}: file not found") from None
     else:
-        im = _open_pil(path)
-        if im.mode in ("RGBA", "LA", "PA"): im = im.convert(im.mode[:-1])
-        m = np.asarray(im)
+        m = _cv2_gray_png(path) if cv2 is not None and suf == ".png" else None
+        if m is None:
+            im = _open_pil(path)
+            if im.mode in ("RGBA", "LA", "PA"): im = im.convert(im.mode[:-1])
+            m = np.asarray(im)
     if m.ndim == 3 and m.shape[-1] == 1: m = m[..., 0]
     if m.ndim == 3 and m.shape[-1] in (3, 4):
         m = m[..., :3]
