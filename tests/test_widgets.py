@@ -325,6 +325,10 @@ def test_results_viewer_matches_interpretation(tiny):
     assert rv.chart_a.value != chart and "IoU of" in rv.info.value
     rv.order_dd.value = "file order"
     assert rv.class_sel.value == -1 and list(rv.ranks) == list(range(rv.n))
+    # a Segmenter (segnb.inference) over the same data gives the same numbers
+    from segnb.inference import Segmenter
+    sv = ResultsViewer(Segmenter.from_learner(learn), learn.dls.valid, progress=False)
+    torch.testing.assert_close(sv.ious, rv.ious, rtol=1e-4, atol=1e-5)
 
 
 def test_seg_image_stats_by_hand():
