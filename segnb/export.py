@@ -369,7 +369,7 @@ def export_model(model, out, format: str = "onnx", with_argmax: bool = False, dy
         if format == "torchscript": _export_torchscript(wrapper, x, out, axes)
         else:
             ep = _export_program(wrapper, x, axes)
-            if format == "exported-program": torch.export.save(ep, str(out))
+            if format == "exported-program": _save_program(ep, out, axes)
             else: _export_onnx(ep, out, opset, model)
     rep = ExportReport(out, format, wrapper.task, wrapper.with_argmax, axes, list(x.shape), wrapper.output_names,
                        getattr(model, "num_classes", None) if wrapper.task != "depth" else None,
@@ -377,6 +377,29 @@ def export_model(model, out, format: str = "onnx", with_argmax: bool = False, dy
     if verify: verify_export(rep, wrapper, x, preprocess, atol)
     rep.save()
     return rep
+
+def _node_layer(node) -> str:
+    "'path (Class) at file:line' of an FX node, from the tracer's metadata."
+    stack = list((node.meta.get("nn_module_stack") or {}).values())
+    layer = "the model"
+    if stack:
+        path, typ = stack[-1][0], stack[-1][1]
+        path = re.sub(r"^L\['self'\]\.?", "", str(path)).replace("._modules['", ".").replace("']", "")
+        layer = f"{re.sub(r'^model[.]', '', path)} ({getattr(typ, '__name__', str(typ).rsplit('.', 1)[-1])})"
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\w+)', node.meta.get("stack_trace") or "")
+    own = [f for f in frames if "site-packages/torch" not in f[0]]
+    return layer + (f" at {own[-1][0].split('site-packages/')[-1].split('/work/main/')[-1]}:{own[-1][1]} in {own[-1][2]}" if own else "")
+
+def _save_program(ep, out, axes):
+    "`torch.export.save`; a graph torch cannot serialize (e.g. `math.ceil` of a dynamic size) is an `ExportError` naming the layer."
+    try: torch.export.save(ep, str(out))
+    except Exception as e:
+        Path(out).unlink(missing_ok=True)
+        m = re.search(r"Failed serializing node (\w+)", str(e))
+        node = next((n for n in ep.graph.nodes if m and n.name == m.group(1)), None)
+        where = f"node {node.name} ({getattr(node.target, '__name__', node.target)}) of {_node_layer(node)}" if node is not None else "a node"
+        hint = " with dynamic sizes: export with dynamic='batch' or a fixed size, or use format='onnx'" if axes else ""
+        raise ExportError(f"torch.export.save cannot serialize {where}{hint} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
 
 def _export_onnx(ep, out, opset, model):
     import onnx
