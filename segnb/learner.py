@@ -13,7 +13,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from fastai.learner import Learner
 import fastai.callback.schedule, fastai.callback.progress, fastai.callback.fp16, fastai.callback.tracker  # fit_one_cycle, lr_find, fine_tune, progress bar, MixedPrecision
 from fastai.callback.core import Callback
-from fastai.torch_core import TensorBase, to_detach
+from fastai.torch_core import TensorBase, to_detach, to_device
 from fastai.vision.core import TensorMask
 from fastcore.basics import patch
 from .registry import MODELS, METRICS, CALLBACKS, OPTIMIZERS, LOSSES
@@ -170,7 +170,8 @@ class SegmentationInterpretation:
         fig, axs = plt.subplots(len(idxs), 3, figsize=figsize or (9, 3 * len(idxs)), squeeze=False)
         ds = self.dl.dataset
         for row, (v, i) in enumerate(zip(vals, idxs)):
-            xb, yb = self.dl.do_batch([self.dl.do_item(int(i))])[:2]
+            # do_batch collates only: the batch transforms (float conversion, normalisation) come from after_batch
+            xb, yb = self.dl.after_batch(to_device(self.dl.do_batch([self.dl.do_item(int(i))]), self.dl.device))[:2]
             pred = self.learn.model.predict(xb)[0]
             img = self.dl.decode((xb, yb))[0][0]
             show_seg(img, None, meta, ax=axs[row, 0], title=f"#{int(i)} loss {float(v):.3f}", legend=False)
