@@ -77,10 +77,11 @@ def test_folder_mixed_sizes_batched_equals_one_by_one(tmp_path, run, scenes):
     res = seg.predict(d)
     files = list_images(d)
     assert [r.name for r in res] == [f.stem for f in files]
+    one = Segmenter.from_run(run, num_workers=0)
     for f, r in zip(files, res):
         img = np.asarray(Image.open(f))
         assert r.labels.shape == img.shape[:2]
-        assert (r.labels == Segmenter.from_run(run, num_workers=0).predict(img).labels).all()
+        assert (r.labels == one.predict(img).labels).all()
 
 def test_cli_predict_folder_and_errors(tmp_path, run, scenes, capsys):
     from segnb.cli import main
