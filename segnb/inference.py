@@ -517,7 +517,8 @@ class Segmenter(ModelHubMixin, library_name="segnb", tags=["segnb", "fastai", "i
         if out.is_dir() or out.suffix == "": out = out / f"{path.stem}_pred{path.suffix}"
         reader_plugin = _video_plugin(path, "r")
         writer_plugin = _video_plugin(out, "w")
-        import imageio.v3 as iio
+        try: import imageio.v3 as iio
+        except ImportError: raise VideoBackendError(f"{path}: video needs imageio (pip install imageio; plus av for MP4 and friends)") from None
         meta = {}
         try: meta = iio.immeta(path, plugin=reader_plugin) or {}
         except Exception: pass
