@@ -17,7 +17,11 @@ def render(nb_path=ROOT/"nbs"/"index.ipynb") -> str:
         parts.append(f"```python\n{src}\n```")
         for o in c.get("outputs", []):
             text = o.get("text") or o.get("data", {}).get("text/plain")
-            if text: parts.append("```\n" + "".join(text).rstrip() + "\n```")
+            if text:
+                # progress bars redraw with carriage returns: keep what a terminal would show last on each line
+                text = "\n".join(l.split("\r")[-1] for l in "".join(text).split("\n"))
+                text = "\n".join(l for l in text.splitlines() if l.strip())
+                if text: parts.append("```\n" + text.rstrip() + "\n```")
     return "<!-- generated from nbs/index.ipynb by tools/make_readme.py: edit the notebook -->\n\n" + "\n\n".join(parts) + "\n"
 
 if __name__ == "__main__":
