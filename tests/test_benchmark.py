@@ -38,7 +38,7 @@ def test_second_run_does_nothing(tmp_path):
     assert mtimes(tmp_path / "b") == before                       # no result was rewritten
     assert load_results(tmp_path / "b")["rows"] == table
     md = (tmp_path / "b" / "results.md").read_text()
-    assert "| segformer | scenes | 0 |" in md and "mIoU" in md and "threads" in md
+    assert "| segformer | scenes | 0 |" in md and "mIoU" in md and "1 thread," in md
     # the CSV has one row per (model, dataset) with mean/std columns
     import csv
     rows = list(csv.DictReader(open(tmp_path / "b" / "results.csv")))
