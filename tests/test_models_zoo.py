@@ -48,6 +48,9 @@ def test_config_builds_full_size(path):
         assert key in cfg, f"{path.name} has no {key!r}"
     assert cfg.work_dir.endswith(path.stem)
     assert cfg.schedule.max_iters % cfg.schedule.val_interval == 0
+    from segnb.registry import CALLBACKS, DATASETS
+    for c in cfg.callbacks: CALLBACKS.build(c)             # the training callbacks exist with these arguments
+    assert cfg.data.dataset.type in DATASETS
     with torch.device("meta"):
         model = MODELS.build(cfg.model)
         if path.stem not in NO_META_FORWARD:    # shapes flow through every layer at full size, no compute
