@@ -2244,6 +2244,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                               'segnb/openvocab.py'),
                                  'segnb.openvocab._find_config': ('openvocab.html#_find_config', 'segnb/openvocab.py'),
                                  'segnb.openvocab._is_clip_name': ('openvocab.html#_is_clip_name', 'segnb/openvocab.py'),
+                                 'segnb.openvocab._is_ov_model': ('openvocab.html#_is_ov_model', 'segnb/openvocab.py'),
                                  'segnb.openvocab._key': ('openvocab.html#_key', 'segnb/openvocab.py'),
                                  'segnb.openvocab._load_run': ('openvocab.html#_load_run', 'segnb/openvocab.py'),
                                  'segnb.openvocab._logits_fn': ('openvocab.html#_logits_fn', 'segnb/openvocab.py'),

@@ -163,3 +163,18 @@ def test_reference_grid_reproduces_committed_table(tmp_path):
     assert not run.failed
     bad = [c for c in check_reproduces(tmp_path / "ref", ROOT / "benchmarks" / "results" / "reference") if not c["ok"]]
     assert not bad, bad
+
+def test_depth_model_reports_depth_metrics(tmp_path):
+    g = tiny_grid(seeds=(0,), max_iters=2)
+    g["metrics"] = ["mIoU", "d1", "abs_rel", "rmse"]
+    g["models"] = {"depth": dict(model=dict(
+        type="DepthEstimator", backbone=dict(type="ResNetV1c", depth=18, stem_channels=16, base_channels=8),
+        decode_head=dict(type="DepthConvHead", in_channels=[8, 16, 32, 64], in_index=[0, 1, 2, 3], channels=16, max_depth=10.0)))}
+    g["datasets"]["scenes"]["data"]["dataset"]["depth"] = True
+    g["datasets"]["scenes"]["depth_eval"] = dict(max_depth_eval=10.0)
+    r = run_benchmark(g, tmp_path / "b", log=None)
+    assert not r.failed, r.failed
+    res = r.results[0]
+    assert res["task"] == "depth" and set(res["metrics"]) == {"d1", "abs_rel", "rmse"}
+    assert 0 <= res["metrics"]["d1"] <= 1 and res["metrics"]["rmse"] > 0
+    assert "| depth | scenes | 0 |" in results_markdown(r.rows) and "d1" in results_markdown(r.rows)
