@@ -67,6 +67,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'segnb.benchmark._model_for_speed': ('benchmark.html#_model_for_speed', 'segnb/benchmark.py'),
                                  'segnb.benchmark._model_spec': ('benchmark.html#_model_spec', 'segnb/benchmark.py'),
                                  'segnb.benchmark._num_classes_of': ('benchmark.html#_num_classes_of', 'segnb/benchmark.py'),
+                                 'segnb.benchmark._peer_lookup_name': ('benchmark.html#_peer_lookup_name', 'segnb/benchmark.py'),
                                  'segnb.benchmark._peer_server': ('benchmark.html#_peer_server', 'segnb/benchmark.py'),
                                  'segnb.benchmark._pkg_dir': ('benchmark.html#_pkg_dir', 'segnb/benchmark.py'),
                                  'segnb.benchmark._row_from_times': ('benchmark.html#_row_from_times', 'segnb/benchmark.py'),

@@ -15,7 +15,7 @@ __all__ = ['COMMANDS', 'COMMAND_MODULES', 'command', 'format_registries', 'build
 COMMANDS: dict[str, tuple] = {}
 # modules that add subcommands with `@command`; imported when the parser is built
 COMMAND_MODULES = ["segnb.data.check", "segnb.data.download", "segnb.data.convert", "segnb.learner", "segnb.train", "segnb.demo",
-                   "segnb.inference", "segnb.export", "segnb.serve", "segnb.benchmark"]
+                   "segnb.inference", "segnb.export", "segnb.serve", "segnb.benchmark", "segnb.openvocab"]
 
 def command(name: str, help: str):
     "Register a subcommand: the decorated function adds its arguments and returns the function that runs it."
