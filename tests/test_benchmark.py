@@ -178,3 +178,14 @@ def test_depth_model_reports_depth_metrics(tmp_path):
     assert res["task"] == "depth" and set(res["metrics"]) == {"d1", "abs_rel", "rmse"}
     assert 0 <= res["metrics"]["d1"] <= 1 and res["metrics"]["rmse"] > 0
     assert "| depth | scenes | 0 |" in results_markdown(r.rows) and "d1" in results_markdown(r.rows)
+
+@pytest.mark.skipif(not _peers_have("segmentation_models_pytorch"), reason="no peers venv with segmentation_models_pytorch")
+def test_grid_compare_adds_peer_ratios(tmp_path):
+    g = tiny_grid(seeds=(0,), max_iters=2)
+    g["models"] = {"segformer-b0": dict(from_name=dict(algo="segformer", backbone="mit-b0"))}   # default peer: SMP Segformer(mit_b0)
+    r = run_benchmark(g, tmp_path / "b", compare=["smp"], log=None)
+    assert not r.failed
+    sp = json.loads((tmp_path / "b" / "speed_compare.json").read_text())["rows"]
+    assert [(x["framework"], x["dataset"]) for x in sp] == [("segnb", "scenes"), ("smp", "scenes")]
+    assert r.rows[0]["vs_smp"] == pytest.approx(sp[1]["latency_ms"] / sp[0]["latency_ms"], rel=1e-2)
+    assert "vs_smp" in (tmp_path / "b" / "results.md").read_text()
