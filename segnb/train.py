@@ -129,11 +129,21 @@ def _primary_is_miou(cfg) -> bool:
     ms = cfg.get("metrics") or [dict(type="IoUMetric")]
     return any(m.get("type") == "IoUMetric" and "mIoU" in (m.get("iou_metrics") or ["mIoU"]) for m in ms)
 
+from fastai.callback.fp16 import MixedPrecision, AMPMode
+
+class _DeviceMixedPrecision(MixedPrecision):
+    "fastai's `MixedPrecision` on the model's device: fastai opens `autocast('cuda')`, which on a CPU-only machine turns itself off."
+    def before_fit(self):
+        dev = torch.device(self.dls.device if getattr(self.dls, "device", None) is not None else next(self.model.parameters()).device)
+        with warnings.catch_warnings():
+            if dev.type != "cuda": warnings.filterwarnings("ignore", message="CUDA is not available")  # replaced just below
+            super().before_fit()
+        if dev.type != "cuda": self.autocast = torch.autocast(dev.type, dtype=torch.bfloat16 if self.amp_mode == AMPMode.BF16 else torch.float16)
+
 def enable_amp(learn):
     "Mixed precision: bf16 autocast on CPU (fp32 weights), fp16 with grad scaling on CUDA (fastai's `MixedPrecision`)."
-    from fastai.callback.fp16 import MixedPrecision, AMPMode
     dev = learn.dls.device if learn.dls.device is not None else torch.device("cpu")
-    learn.add_cb(MixedPrecision(amp_mode=AMPMode.FP16 if torch.device(dev).type == "cuda" else AMPMode.BF16))
+    learn.add_cb(_DeviceMixedPrecision(amp_mode=AMPMode.FP16 if torch.device(dev).type == "cuda" else AMPMode.BF16))
     return learn
 
 SegLearner.from_config = staticmethod(learner_from_config)
