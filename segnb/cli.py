@@ -9,7 +9,8 @@ from .config import Config, ConfigError
 from .registry import REGISTRIES, get_registry, UnknownNameError
 
 # %% auto #0
-__all__ = ['COMMANDS', 'COMMAND_MODULES', 'command', 'format_registries', 'build_parser', 'main']
+__all__ = ['COMMANDS', 'COMMAND_MODULES', 'COMMAND_EXTENSIONS', 'command', 'extend_command', 'format_registries', 'build_parser',
+           'main']
 
 # %% ../nbs/49_cli.ipynb #b2249d14
 COMMANDS: dict[str, tuple] = {}
@@ -22,6 +23,17 @@ def command(name: str, help: str):
     def _reg(add_args):
         COMMANDS[name] = (help, add_args)
         return add_args
+    return _reg
+
+# applied when the parser is built, so re-registering a command (a re-run cell) keeps them; keyed by qualname so a
+# notebook's copy of a library extension replaces it instead of adding its options twice
+COMMAND_EXTENSIONS: dict[str, dict] = {}
+
+def extend_command(name: str, help: str = ""):
+    "Add options to another module's subcommand: the decorated `f(parser, run)` adds arguments and returns the new run function."
+    def _reg(f):
+        COMMAND_EXTENSIONS.setdefault(name, {})[f.__qualname__] = (help, f)
+        return f
     return _reg
 
 def _add_cfg_options(p):
@@ -65,8 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"segnb {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help, add_args) in COMMANDS.items():
+        exts = COMMAND_EXTENSIONS.get(name, {}).values()
+        help = help + "".join(h for h, _ in exts)
         p = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(_run=add_args(p))
+        run = add_args(p)
+        for _, f in exts: run = f(p, run)
+        p.set_defaults(_run=run)
     return parser
 
 def main(argv=None) -> int:

@@ -188,6 +188,10 @@ def test_segnb_train_config_then_predict_by_text(tmp_path, scene):
     r = seg.predict(tmp_path / "scene.png", "backdrop, disk, box")
     assert r.name == "scene" and r.labels.shape == (64, 64) and r.probs.shape == (3, 64, 64)
     np.testing.assert_allclose(r.probs.sum(0), 1, atol=1e-4)
+    # the closed-set predictor of segnb.inference reads the same run (the training class list)
+    from segnb.inference import Segmenter
+    rc = Segmenter.from_run(tmp_path / "run").predict(scene)
+    assert rc.classes == SYNTHETIC_CLASSES and rc.labels.shape == (64, 64) and rc.labels.max() < 6
     # the CLI, in process: segnb predict RUN IMG --queries
     from segnb.cli import main
     assert main(["predict", str(tmp_path / "run"), str(tmp_path / "scene.png"), "--out", str(tmp_path / "o"),
