@@ -21,8 +21,8 @@ from .cli import command
 from .distributed import init_distributed, DistributedCallback
 
 # %% auto #0
-__all__ = ['set_random_seed', 'param_schedulers', 'learner_from_config', 'enable_amp', 'save_run_files', 'fit_from_config',
-           'evaluate', 'plot_training_curves', 'train', 'test', 'save_overlays']
+__all__ = ['set_random_seed', 'param_schedulers', 'model_task', 'learner_from_config', 'enable_amp', 'save_run_files',
+           'fit_from_config', 'evaluate', 'plot_training_curves', 'train', 'test', 'save_overlays']
 
 # %% ../nbs/36_train.ipynb #e24f93fb
 def set_random_seed(seed: int | None, deterministic: bool = False):
@@ -66,10 +66,14 @@ def _build_metrics(cfg, dls, model) -> list:
     for i, m in enumerate(specs):
         m = dict(m)
         keys = m.pop("keys", None)
-        if m.get("type") == "IoUMetric":
+        iou = m if m.get("type") == "IoUMetric" else dict(m["metric"]) if m.get("type") == "TaskMetric" and \
+              isinstance(m.get("metric"), Mapping) and m["metric"].get("type") == "IoUMetric" else None
+        if iou is not None:
             if meta is not None:
-                m.setdefault("class_names", list(meta.classes)); m.setdefault("ignore_index", meta.ignore_index)
-            else: m.setdefault("num_classes", getattr(model, "num_classes", None))
+                if iou.get("num_classes") in (None, meta.num_classes): iou.setdefault("class_names", list(meta.classes))
+                iou.setdefault("ignore_index", meta.ignore_index)
+            else: iou.setdefault("num_classes", getattr(model, "num_classes", None))
+            if iou is not m: m["metric"] = iou
         try: metric = METRICS.build(m)
         except (TypeError, ValueError, KeyError) as e: raise ConfigError(f"{cfg.filename or 'config'}: metrics.{i}: {e}") from None
         out += metric.fastai_metrics(keys or [k for k in metric.keys if k in ("aAcc", "mIoU", "mAcc", "mDice", "mFscore") or
@@ -82,6 +86,22 @@ def _check_num_classes(cfg, dls, model):
         raise ConfigError(f"{cfg.filename or 'config'}: model.decode_head.num_classes={nc} but the data has {meta.num_classes} classes "
                           f"({', '.join(map(str, meta.classes[:6]))}{', ...' if meta.num_classes > 6 else ''}); "
                           f"override with --cfg-options model.decode_head.num_classes={meta.num_classes}")
+
+def model_task(model) -> str:
+    "'seg', 'depth' (a `DepthEstimator`) or 'multitask' (a `MultiTaskSegmentor`): what a model predicts."
+    from segnb.models.depth import DepthEstimator, MultiTaskSegmentor
+    return "multitask" if isinstance(model, MultiTaskSegmentor) else "depth" if isinstance(model, DepthEstimator) else "seg"
+
+def _default_task_metrics(task, dls, model) -> list:
+    "Metrics for a config without `metrics:`: depth metrics (range and crop from the data) and mIoU for a multi-task model."
+    from segnb.depth_learner import _depth_meta, _has_masks, depth_metrics
+    from segnb.models.depth import multitask_metrics
+    dmeta = _depth_meta(dls)
+    if task == "depth": return depth_metrics(dmeta, task=_has_masks(dls))
+    meta = _dls_meta(dls)
+    return multitask_metrics(num_classes=getattr(model, "num_classes", None), class_names=list(meta.classes) if meta else None,
+                             ignore_index=meta.ignore_index if meta else 255, depth_meta=dmeta, seg_keys=("mIoU", "aAcc"),
+                             depth_keys=("d1", "abs_rel", "rmse"))
 
 def learner_from_config(cfg, work_dir=None, amp: bool = False, dls=None, model: nn.Module | None = None) -> SegLearner:
     "A `SegLearner` with data, model, optimizer, schedule callbacks, metrics and callbacks from `cfg` (a `Config`, dict or path)."
@@ -97,6 +117,10 @@ def learner_from_config(cfg, work_dir=None, amp: bool = False, dls=None, model: 
         try: model = MODELS.build(cfg.model)
         except (TypeError, ValueError) as e: raise ConfigError(f"{cfg.filename or 'config'}: model: {e}") from None
     _check_num_classes(cfg, dls, model)
+    task = model_task(model)
+    if task != "seg":
+        from segnb.depth_learner import _one_input
+        _one_input(dls)   # (image, mask, depth) items: one input, the rest targets
     opt_cfg = cfg.get("optim_wrapper") or cfg.get("optimizer")
     opt_func = build_optimizer(model, opt_cfg, splitter=seg_splitter)
     lr = float((opt_cfg.get("optimizer") or opt_cfg).get("lr", 1e-3))
@@ -108,7 +132,8 @@ def learner_from_config(cfg, work_dir=None, amp: bool = False, dls=None, model: 
     names = {c.get("type") for c in user}
     if not names & {"CheckpointCallback", "CheckpointHook"}:
         user.append(dict(type="CheckpointCallback", interval=int(sched.get("val_interval", -1)) if "max_iters" in sched else -1,
-                         save_best="mIoU" if _primary_is_miou(cfg) else None))
+                         save_best="d1" if task == "depth" and not cfg.get("metrics") else "mIoU" if _primary_is_miou(cfg) else None,
+                         rule="greater"))
     if not names & {"LoggerCallback", "LoggerHook"}: user.append(dict(type="LoggerCallback", interval=int(sched.get("log_interval", 10))))
     rank, world = init_distributed()   # torchrun sets RANK/WORLD_SIZE; a no-op for one process
     if rank != 0: user = [c for c in user if c.get("type") not in ("CheckpointCallback", "CheckpointHook", "LoggerCallback", "LoggerHook")]
@@ -118,9 +143,14 @@ def learner_from_config(cfg, work_dir=None, amp: bool = False, dls=None, model: 
         if c.get("type") in ("LoggerCallback", "LoggerHook"): c.setdefault("out_dir", str(work_dir / "logs"))
         try: cbs.append(CALLBACKS.build(c))
         except (TypeError, ValueError, KeyError) as e: raise ConfigError(f"{cfg.filename or 'config'}: callbacks.{i}: {e}") from None
-    metrics = _build_metrics(cfg, dls, model)
-    learn = SegLearner(dls, model, loss_func=SegLoss(model), opt_func=opt_func, lr=lr, metrics=metrics, splitter=seg_splitter,
-                       cbs=cbs, path=work_dir, model_dir="checkpoints")
+    metrics = _build_metrics(cfg, dls, model) if cfg.get("metrics") or task == "seg" else _default_task_metrics(task, dls, model)
+    cls, loss = SegLearner, SegLoss(model)
+    if task != "seg":
+        from segnb.depth_learner import DepthLearner, DepthLossFunc, _depth_meta
+        cls, loss = DepthLearner, (DepthLossFunc(model) if task == "depth" else loss)
+    learn = cls(dls, model, loss_func=loss, opt_func=opt_func, lr=lr, metrics=metrics, splitter=seg_splitter,
+                cbs=cbs, path=work_dir, model_dir="checkpoints")
+    if task != "seg": learn.depth_meta = _depth_meta(dls)
     if amp: enable_amp(learn)
     learn.cfg, learn.work_dir, learn.schedule = cfg, work_dir, sched
     return learn
@@ -258,24 +288,40 @@ def test(cfg, checkpoint, tta: bool = False, show_dir=None, out=None, work_dir=N
         Path(out).write_text(json.dumps(res, indent=1, default=float))
     return res
 
+def _split_pred(pred, task):
+    "(label maps or None, depth maps (B, H, W) or None) of a model's `predict` output."
+    if task == "multitask": return pred.seg, pred.depth[:, 0]
+    return (None, pred[:, 0]) if task == "depth" else (pred, None)
+
 def save_overlays(learn, show_dir, max_n: int | None = None, alpha: float = 0.5) -> list[Path]:
-    "Image | ground truth | prediction PNGs of the validation set, in the palette, into `show_dir`."
+    "Validation-set PNGs into `show_dir`: image | ground truth | prediction (label maps blended in the palette, depth in a colour map)."
     from PIL import Image
-    from segnb.data.core import colorize_mask, _img_for_show
+    from fastai.torch_core import TensorMask
+    from segnb.data.core import colorize_mask, _img_for_show, TensorDepth
+    from segnb.inference import depth_to_color
     show_dir = Path(show_dir); show_dir.mkdir(parents=True, exist_ok=True)
     meta, dl, out, k = _dls_meta(learn.dls), learn.dls.valid, [], 0
-    model = learn.model.eval()
+    model, task = learn.model.eval(), model_task(learn.model)
     with torch.inference_mode():
-        for xb, yb, *_ in dl:
-            pred = model.predict(xb)
-            imgs = dl.decode((xb, yb))[0]
+        for xb, *ys in dl:
+            seg_p, dep_p = _split_pred(model.predict(xb), task)
+            seg_t = next((y for y in ys if isinstance(y, TensorMask)), None if task == "depth" else ys[0])
+            dep_t = next((y for y in ys if isinstance(y, TensorDepth)), None)
+            imgs = dl.decode((xb, *ys))[0]
             for i in range(len(xb)):
                 if max_n is not None and k >= max_n: return out
                 img = (_img_for_show(imgs[i]) * 255).astype(np.uint8)
-                gt, pr = (colorize_mask(m, meta.palette, meta.ignore_index) for m in (yb[i], pred[i]))
                 blend = lambda c: (img * (1 - alpha) + c * alpha).astype(np.uint8)
+                panels = [img]
+                if seg_p is not None and seg_t is not None:
+                    panels += [blend(colorize_mask(m, meta.palette, meta.ignore_index)) for m in (seg_t[i], seg_p[i])]
+                if dep_p is not None and dep_t is not None:
+                    gt = dep_t[i].float().cpu().numpy().reshape(dep_p.shape[-2:])
+                    ok = np.isfinite(gt) & (gt > 0)
+                    lo, hi = (float(np.percentile(gt[ok], 1)), float(np.percentile(gt[ok], 99))) if ok.any() else (None, None)
+                    panels += [depth_to_color(d, lo, hi) for d in (gt, dep_p[i].float().cpu().numpy())]  # one scale for both
                 p = show_dir / f"{k:05d}.png"
-                Image.fromarray(np.concatenate([img, blend(gt), blend(pr)], 1)).save(p)
+                Image.fromarray(np.concatenate(panels, 1)).save(p)
                 out.append(p); k += 1
     return out
 
