@@ -414,6 +414,12 @@ class SegFolderDataset:
     def __repr__(self):
         return f"{type(self).__name__}({len(self)} items, img_dir={self.img_dir}, ann_dir={self.ann_dir}, {self.meta.num_classes} classes)"
 
+    def new_empty(self):
+        "The same dataset (meta, folders, suffixes) with no items, as fastai's `Learner.export` keeps it."
+        import copy
+        ds = copy.copy(self); ds.items, ds.skipped, ds._bad = [], [], set()
+        return ds
+
 # %% ../../nbs/10_data.core.ipynb #bf6e19c1
 def _positive(a): return a if all(s > 0 for s in a.strides) else np.ascontiguousarray(a)  # torch needs positive strides
 
@@ -535,6 +541,10 @@ class SplitView:
     def __getattr__(self, k):
         if k in ("ds", "split_idx", "indices"): raise AttributeError(k)
         return getattr(self.ds, k)
+    def new_empty(self):
+        "An empty view (fastai's `Learner.export` pickles the loaders' transforms and meta, not the items)."
+        f = getattr(self.ds, "new_empty", None)
+        return SplitView(f() if callable(f) else self.ds, self.split_idx, [])
 
 def _split_names(root: Path, d: str):
     for s in ("train", "training"):
