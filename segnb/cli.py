@@ -4,7 +4,7 @@
 
 # %% ../nbs/49_cli.ipynb #724fc603
 from __future__ import annotations
-import argparse, sys
+import argparse, sys, warnings
 from .config import Config, ConfigError
 from .registry import REGISTRIES, get_registry, UnknownNameError
 
@@ -13,6 +13,9 @@ __all__ = ['COMMANDS', 'COMMAND_MODULES', 'COMMAND_EXTENSIONS', 'command', 'exte
            'main']
 
 # %% ../nbs/49_cli.ipynb #b2249d14
+# fastai (on import) uses torch.jit.script, which torch 2.14 reports as deprecated: noise on every command
+warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
+
 COMMANDS: dict[str, tuple] = {}
 # modules that add subcommands with `@command`; imported when the parser is built
 COMMAND_MODULES = ["segnb.data.check", "segnb.data.download", "segnb.data.convert", "segnb.learner", "segnb.train", "segnb.demo",

@@ -44,7 +44,7 @@ def run_demo(out="runs/demo", n_images: int = 200, size: int = 128, max_iters: i
 def _demo_cmd(p):
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--n-images", type=int, default=200, help="number of synthetic scenes (train + val)")
-    p.add_argument("--max-iters", type=int, default=None, help="training iterations (default: the demo config's 200)")
+    p.add_argument("--max-iters", type=int, default=None, help="training iterations (default: the demo config's 300)")
     p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
     def run(a): run_demo(a.out, a.n_images, max_iters=a.max_iters, overrides=a.cfg_options)
     return run

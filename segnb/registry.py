@@ -149,14 +149,14 @@ def _signature(obj):
 
 # %% ../nbs/00_registry.ipynb #5d71d64a
 _M = "segnb.models."
-BACKBONES  = Registry("BACKBONES", [_M+"backbones"])
+BACKBONES  = Registry("BACKBONES", [_M+"backbones", _M+"clip"])
 NECKS      = Registry("NECKS", [_M+"necks"])
 HEADS      = Registry("HEADS", [_M+"heads", _M+"heads_transformer", _M+"depth", _M+"clip"])
-MODELS     = Registry("MODELS", [_M+"segmentor", _M+"depth", "segnb.openvocab"])
+MODELS     = Registry("MODELS", [_M+"segmentor", _M+"depth", _M+"clip", "segnb.openvocab"])
 LOSSES     = Registry("LOSSES", ["segnb.losses", _M+"depth"])
 METRICS    = Registry("METRICS", ["segnb.metrics"])
 TRANSFORMS = Registry("TRANSFORMS", ["segnb.data.transforms", "segnb.data.mix"])
-DATASETS   = Registry("DATASETS", ["segnb.data.core", "segnb.data.depth", "segnb.data.mix", "segnb.data.synthetic", "segnb.data.catalog"])
+DATASETS   = Registry("DATASETS", ["segnb.data.core", "segnb.data.depth", "segnb.data.mix", "segnb.data.synthetic", "segnb.data.catalog", "segnb.data.mri"])
 CALLBACKS  = Registry("CALLBACKS", ["segnb.callbacks", "segnb.widgets"])
 OPTIMIZERS = Registry("OPTIMIZERS", ["segnb.learner", "segnb.optim"])
 SCHEDULERS = Registry("SCHEDULERS", ["segnb.callbacks"])
