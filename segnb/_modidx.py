@@ -1247,6 +1247,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'segnb.learner.SegLearner.interpret': ('learner.html#seglearner.interpret', 'segnb/learner.py'),
                                'segnb.learner.SegLearner.iou_metric': ('learner.html#seglearner.iou_metric', 'segnb/learner.py'),
                                'segnb.learner.SegLearner.meta': ('learner.html#seglearner.meta', 'segnb/learner.py'),
+                               'segnb.learner.SegLearner.one_batch': ('learner.html#seglearner.one_batch', 'segnb/learner.py'),
                                'segnb.learner.SegLearner.predict_masks': ('learner.html#seglearner.predict_masks', 'segnb/learner.py'),
                                'segnb.learner.SegLearner.validate_metrics': ( 'learner.html#seglearner.validate_metrics',
                                                                               'segnb/learner.py'),

@@ -99,6 +99,12 @@ class SegLearner(Learner):
     @property
     def meta(self): return _dls_meta(self.dls)
 
+    def one_batch(self, i, b):
+        super().one_batch(i, b)
+        # fastai keeps the last training batch's logits until the next forward has made new ones: for full-size logits
+        # (B x classes x H x W, with aux heads) that is hundreds of MB of extra peak memory, fresh pages every step
+        if self.training: self.pred = self.loss_grad = None
+
     def predict_masks(self, x: torch.Tensor, **kw) -> torch.Tensor:
         "Label maps (B, H, W) for a normalised image batch, through the model's inference mode (whole/slide, TTA)."
         x = x.to(next(self.model.parameters()).device)

@@ -41,7 +41,10 @@ def add_clip_config(name: str, cfg: dict) -> str:
         if known == cfg: return name
         raise ValueError(f"open_clip already has a different model config named {name!r}; choose another name")
     with _CFG_LOCK:
-        if _CFG_DIR is None: _CFG_DIR = Path(tempfile.mkdtemp(prefix="segnb-open_clip-"))
+        if _CFG_DIR is None:
+            import atexit, shutil
+            _CFG_DIR = Path(tempfile.mkdtemp(prefix="segnb-open_clip-"))
+            atexit.register(shutil.rmtree, _CFG_DIR, ignore_errors=True)   # open_clip has read the JSON files by then
         fn = _CFG_DIR / f"{name}.json"
         fn.write_text(json.dumps(cfg))
         open_clip.add_model_config(fn)
