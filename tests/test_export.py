@@ -19,7 +19,7 @@ STATIC_SIZE_ONLY = {"pspnet": "PSPHead", "upernet": "UPerHead"}
 def _zoo_model(algo):
     torch.manual_seed(0)
     bb = "test_vit.r160_in1k" if algo in VIT else "test_resnet.r160_in1k"
-    kw = dict(out_indices=(0, 1, 2, 3)) if algo == "dpt" else {}   # test_vit gives 3 levels by default; DPTHead needs 4
+    kw = {}
     m = EncoderDecoder.from_name(algo, backbone=bb, num_classes=6, **kw).eval()
     for mod in m.modules():
         if isinstance(mod, torch.nn.BatchNorm2d): mod.running_mean.uniform_(-0.2, 0.2); mod.running_var.uniform_(0.5, 1.5)

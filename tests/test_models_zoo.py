@@ -201,3 +201,13 @@ def test_from_name_errors():
     with pytest.raises(ValueError, match="unknown algorithm"): from_name("unet++")
     with pytest.raises(ValueError, match="neither a segnb alias"): from_name("fcn", backbone="resnet_5O")
     with pytest.raises(ValueError, match="output_stride"): from_name("fcn", backbone="test_vit", output_stride=8)
+
+
+@pytest.mark.parametrize("algo", ["dpt", "setr", "segmenter"])
+def test_plain_vit_from_timm_gets_levels_spread_over_depth(algo):
+    "A timm plain ViT by name gives 4 blocks spread over the depth (MMSeg's (2, 5, 8, 11) for 12 blocks), ending at the last."
+    from segnb.models.segmentor import EncoderDecoder, _timm_levels
+    assert _timm_levels("vit_base_patch16_224", 4) == [2, 5, 8, 11] and _timm_levels("test_vit", 4)[-1] == 5
+    m = EncoderDecoder.from_name(algo, "test_vit", num_classes=3).eval()
+    assert len(m.backbone.out_channels) == 4
+    assert m.predict(torch.randn(1, 3, 48, 64)).shape == (1, 48, 64)

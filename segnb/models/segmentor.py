@@ -512,11 +512,16 @@ _ALGO_ALIASES = {"deeplabv3+": "deeplabv3plus", "psp": "pspnet", "uper": "uperne
                  "lr-aspp": "lraspp", "mask2former": "maskformer", "deeplab": "deeplabv3plus"}
 
 # %% ../../nbs/23_models.segmentor.ipynb #b729669c
-def _timm_levels(name, min_stride):
+def _timm_levels(name, min_stride, plain_levels: int = 4):
     "Indices of a timm model's feature levels with stride >= `min_stride` (probed on the meta device: no weights built)."
     import timm
     with torch.device("meta"):
-        red = timm.create_model(name, features_only=True, pretrained=False).feature_info.reduction()
+        fi = timm.create_model(name, features_only=True, pretrained=False).feature_info
+    red, n = fi.reduction(), len(fi.info)
+    if len(set(red)) == 1 and n > len(red):
+        # a plain transformer (every block at one stride): `plain_levels` blocks spread over the depth, ending at the
+        # last one, as MMSeg's ViT out_indices (2, 5, 8, 11) for DPT/SETR
+        return sorted({round((k + 1) * n / plain_levels) - 1 for k in range(min(plain_levels, n))})
     return [i for i, r in enumerate(red) if r >= min_stride] or list(range(len(red)))
 
 def _backbone_cfg(backbone, output_stride, pretrained, explicit_os, min_stride=4, **kw):
