@@ -43,6 +43,7 @@ if "--cpu-time" in sys.argv:
 
 import torch
 import torch.nn.functional as F
+from _peers import stub_mmcv_ext, strip_mmseg_cfg  # noqa: E402  (benchmarks/ is sys.path[0] when a script runs)
 
 warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,38 +127,12 @@ def timed_ms(fn, x):
 
 
 # ---------------------------------------------------------------------------------------------- peers (worker side)
-def _mmcv_stub():
-    "mmseg 1.2.2 imports mmcv.ops at import time; mmcv-lite has no compiled ops: a stand-in whose ops raise if called."
-    import importlib.util, types
-    if importlib.util.find_spec("mmcv") is None: return
-    try:
-        import mmcv._ext  # noqa: F401
-    except ImportError:
-        class _NoOps(types.ModuleType):
-            def __getattr__(self, name):
-                if name.startswith("__"): raise AttributeError(name)
-                def _missing(*a, **k): raise NotImplementedError(f"mmcv._ext.{name}: mmcv-lite has no compiled ops")
-                return _missing
-        sys.modules["mmcv._ext"] = _NoOps("mmcv._ext")
-
-
-def _strip_cfg(o):
-    if isinstance(o, dict):
-        if o.get("type") == "SyncBN": o["type"] = "BN"
-        for k in list(o):
-            if k in ("init_cfg", "pretrained"): o[k] = None
-            else: _strip_cfg(o[k])
-    elif isinstance(o, (list, tuple)):
-        for v in o: _strip_cfg(v)
-    return o
-
-
 def build_peers(a):
     "[(key, framework, label, forward fn, params, params_aux, error)] for MMSeg and SMP."
     rows, only = [], re.compile(a.only) if a.only else None
     if not a.skip_mmseg:
         try:
-            _mmcv_stub()
+            stub_mmcv_ext()
             import mmseg
             from mmengine.config import Config
             from mmseg.registry import MODELS as MM
@@ -170,7 +145,7 @@ def build_peers(a):
                 try:
                     cfg = Config.fromfile(str(root / rel))
                     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                        m = MM.build(_strip_cfg(cfg.model.to_dict())); m.init_weights()
+                        m = MM.build(strip_mmseg_cfg(cfg.model.to_dict())); m.init_weights()
                     m.eval()
                     ac = getattr(m.decode_head, "align_corners", False)
                     fwd = (lambda m, ac: lambda x: resize(m(x, mode="tensor"), size=x.shape[2:], mode="bilinear", align_corners=ac))(m, ac)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse, contextlib, io, json, os, statistics, subprocess, sys, time
 from pathlib import Path
 import torch
+from _peers import stub_mmcv_ext  # noqa: E402  (benchmarks/ is sys.path[0] when a script runs)
 
 NUM_CLASSES, IGNORE = 150, 255
 DEFAULT_PEERS = Path.home() / "peers" / "litevenv" / "bin" / "python"
@@ -50,26 +51,11 @@ def miou_bincount(preds, labels, C=NUM_CLASSES):
     return torch.nanmean(inter / (cm.sum(0) + cm.sum(1) - inter)).item()
 
 
-def _stub_mmcv_ext():
-    "mmseg 1.2.2 imports mmcv.ops at import time; mmcv-lite has no compiled mmcv._ext: install a module whose ops raise."
-    import importlib.util, types
-    if importlib.util.find_spec("mmcv") is None: return
-    try:
-        import mmcv._ext  # noqa: F401
-    except ImportError:
-        class _NoOps(types.ModuleType):
-            def __getattr__(self, name):
-                if name.startswith("__"): raise AttributeError(name)
-                def _missing(*a, **k): raise NotImplementedError(f"mmcv._ext.{name} is not compiled (mmcv-lite)")
-                return _missing
-        sys.modules["mmcv._ext"] = _NoOps("mmcv._ext")
-
-
 def peer_impls():
     "MMSeg and torchmetrics implementations importable in this interpreter: {name: fn or error string}."
     out = {}
     try:
-        _stub_mmcv_ext()
+        stub_mmcv_ext()
         import logging
         from mmseg.evaluation.metrics import IoUMetric as MMIoU
         try:

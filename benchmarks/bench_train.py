@@ -53,6 +53,7 @@ from pathlib import Path
 # worker inherits it); export OMP_WAIT_POLICY yourself to choose another.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
+from _peers import stub_mmcv_ext, strip_mmseg_cfg  # noqa: E402  (benchmarks/ is sys.path[0] when a script runs)
 
 warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,39 +118,10 @@ def n_params(module, skip_prefix=None):
 
 
 # ----------------------------------------------------------------------------------------------- MMSeg (worker side)
-def _mmcv_stub():
-    "mmseg 1.2.2 imports mmcv.ops at import time; mmcv-lite has no compiled ops: a stand-in whose ops raise if called."
-    import importlib.util, types
-    if importlib.util.find_spec("mmcv") is None: return "mmcv not installed"
-    try:
-        import mmcv._ext  # noqa: F401
-        return "full mmcv (compiled ops)"
-    except ImportError:
-        class _NoOps(types.ModuleType):
-            def __getattr__(self, name):
-                if name.startswith("__"): raise AttributeError(name)
-                def _missing(*a, **k): raise NotImplementedError(f"mmcv._ext.{name}: mmcv-lite has no compiled ops")
-                return _missing
-        sys.modules["mmcv._ext"] = _NoOps("mmcv._ext")
-        return "mmcv-lite, mmcv._ext stubbed (ops raise if called)"
-
-
-def _strip_cfg(o):
-    "No pretrained weights / init_cfg (nothing can be downloaded), SyncBN -> BN (one CPU process)."
-    if isinstance(o, dict):
-        if o.get("type") == "SyncBN": o["type"] = "BN"
-        for k in list(o):
-            if k in ("init_cfg", "pretrained"): o[k] = None
-            else: _strip_cfg(o[k])
-    elif isinstance(o, (list, tuple)):
-        for v in o: _strip_cfg(v)
-    return o
-
-
 def worker_main(a):
     "Build MMSeg's model, then answer `step <seed>` with the time of one `model.train_step` (JSON lines on stdout)."
     torch.set_num_threads(a.threads)
-    ops = _mmcv_stub()
+    ops = stub_mmcv_ext()
     import logging
     import mmseg, mmcv, mmengine
     from mmengine.config import Config
@@ -164,7 +136,7 @@ def worker_main(a):
         lg = MMLogger.get_current_instance(); lg.setLevel(logging.ERROR)
         for h in lg.handlers: h.setLevel(logging.ERROR)
     cfg = Config.fromfile(str(Path(mmseg.__file__).parent / ".mim" / "configs" / MMSEG_CFG))
-    mcfg = _strip_cfg(cfg.model.to_dict())
+    mcfg = strip_mmseg_cfg(cfg.model.to_dict())
     d = torch.load(a.data, weights_only=True)
     imgs, labels = d["imgs"], d["labels"]
     h, w = imgs.shape[2:]

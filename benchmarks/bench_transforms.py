@@ -30,6 +30,7 @@ Usage: .venv/bin/python benchmarks/bench_transforms.py [--images 64] [--rounds 3
 from __future__ import annotations
 import argparse, json, os, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
+from _peers import stub_mmcv_ext  # noqa: E402  (benchmarks/ is sys.path[0] when a script runs)
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = Path.home() / "peers" / "litevenv" / "bin" / "python"
@@ -128,27 +129,11 @@ def tv_loaders(root, workers):
 
 
 # ---------------------------------------------------------------- MMSeg (runs under the peers python)
-def _stub_mmcv_ext():
-    import importlib.util, types
-    if importlib.util.find_spec("mmcv") is None: return "no mmcv"
-    try:
-        import mmcv._ext  # noqa: F401
-        return "mmcv full"
-    except ImportError:
-        class _NoOps(types.ModuleType):
-            def __getattr__(self, name):
-                if name.startswith("__"): raise AttributeError(name)
-                def _missing(*a, **k): raise NotImplementedError(f"mmcv._ext.{name} is not compiled (mmcv-lite)")
-                return _missing
-        sys.modules["mmcv._ext"] = _NoOps("mmcv._ext")
-        return "mmcv-lite, mmcv._ext stubbed"
-
-
 def mmseg_worker(root, workers, rounds, warmup, threads):
     "Time MMSeg's loader + preprocessor; prints one JSON line."
     import logging, torch
     torch.set_num_threads(threads)
-    note = _stub_mmcv_ext()
+    note = stub_mmcv_ext()
     from mmseg.utils import register_all_modules
     register_all_modules()
     from mmengine.utils.dl_utils import set_multi_processing

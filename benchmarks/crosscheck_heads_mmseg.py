@@ -15,15 +15,8 @@ import contextlib, copy, glob, io, os, sys, types
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT)); sys.path += glob.glob(str(ROOT / ".venv/lib/python3*/site-packages"))
-try:
-    import mmcv._ext  # noqa: F401
-except ImportError:   # mmcv-lite: mmseg imports mmcv.ops at import time; no op is called here
-    class _NoOps(types.ModuleType):
-        def __getattr__(self, n):
-            if n.startswith("__"): raise AttributeError(n)
-            def _missing(*a, **k): raise NotImplementedError(f"mmcv._ext.{n} is not compiled")
-            return _missing
-    sys.modules["mmcv._ext"] = _NoOps("mmcv._ext")
+from _peers import stub_mmcv_ext, strip_mmseg_cfg  # noqa: E402  (benchmarks/ is sys.path[0])
+stub_mmcv_ext()   # mmcv-lite: mmseg imports mmcv.ops at import time; no op is called here
 import warnings; warnings.filterwarnings("ignore")
 import torch
 import mmseg
@@ -37,25 +30,13 @@ CONFIGS = ["fcn_r50-d8", "pspnet_r50-d8", "deeplabv3_r50-d8", "deeplabv3plus_r50
            "segmenter_vit-b16_mask"]
 
 
-def strip(o):
-    "No pretrained weights / init_cfg, SyncBN -> BN (one CPU process)."
-    if isinstance(o, dict):
-        if o.get("type") == "SyncBN": o["type"] = "BN"
-        for k in list(o):
-            if k in ("init_cfg", "pretrained"): o[k] = None
-            else: strip(o[k])
-    elif isinstance(o, (list, tuple)):
-        for v in o: strip(v)
-    return o
-
-
 def heads_of(name):
     root = os.path.join(os.path.dirname(mmseg.__file__), ".mim", "configs", "_base_", "models")
     m = Config.fromfile(os.path.join(root, name + ".py")).model.to_dict()
     dh, ah = m["decode_head"], m.get("auxiliary_head") or []
     dh, ah = (dh if isinstance(dh, list) else [dh]), (ah if isinstance(ah, list) else [ah])
-    return [(f"decode{i}" if len(dh) > 1 else "decode", strip(copy.deepcopy(h))) for i, h in enumerate(dh)] + \
-           [(f"aux{i}", strip(copy.deepcopy(h))) for i, h in enumerate(ah)]
+    return [(f"decode{i}" if len(dh) > 1 else "decode", strip_mmseg_cfg(copy.deepcopy(h))) for i, h in enumerate(dh)] + \
+           [(f"aux{i}", strip_mmseg_cfg(copy.deepcopy(h))) for i, h in enumerate(ah)]
 
 
 def features(cfg, B=2, g=None):

@@ -13,15 +13,8 @@ import glob, sys, types
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT)); sys.path += glob.glob(str(ROOT / ".venv/lib/python3*/site-packages"))
-try:
-    import mmcv._ext  # noqa: F401
-except ImportError:   # mmcv-lite: mmseg imports mmcv.ops at import time; no op is called here
-    class _NoOps(types.ModuleType):
-        def __getattr__(self, n):
-            if n.startswith("__"): raise AttributeError(n)
-            def _missing(*a, **k): raise NotImplementedError(f"mmcv._ext.{n} is not compiled")
-            return _missing
-    sys.modules["mmcv._ext"] = _NoOps("mmcv._ext")
+from _peers import stub_mmcv_ext  # noqa: E402  (benchmarks/ is sys.path[0])
+stub_mmcv_ext()   # mmcv-lite: mmseg imports mmcv.ops at import time; no op is called here
 import warnings; warnings.filterwarnings('ignore')
 import torch, numpy as np
 from mmseg.models.losses import CrossEntropyLoss as MCE, LovaszLoss as MLov, OhemCrossEntropy as MOhem, BoundaryLoss as MBd
