@@ -2350,6 +2350,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'segnb.train._as_config': ('train.html#_as_config', 'segnb/train.py'),
                              'segnb.train._build_metrics': ('train.html#_build_metrics', 'segnb/train.py'),
                              'segnb.train._check_num_classes': ('train.html#_check_num_classes', 'segnb/train.py'),
+                             'segnb.train._check_task_data': ('train.html#_check_task_data', 'segnb/train.py'),
                              'segnb.train._default_task_metrics': ('train.html#_default_task_metrics', 'segnb/train.py'),
                              'segnb.train._is_iter_based': ('train.html#_is_iter_based', 'segnb/train.py'),
                              'segnb.train._primary_is_miou': ('train.html#_primary_is_miou', 'segnb/train.py'),

@@ -103,6 +103,22 @@ def _default_task_metrics(task, dls, model) -> list:
                              ignore_index=meta.ignore_index if meta else 255, depth_meta=dmeta, seg_keys=("mIoU", "aAcc"),
                              depth_keys=("d1", "abs_rel", "rmse"))
 
+def _check_task_data(cfg, dls, model, task):
+    "A depth model needs depth maps among the items, a multi-task model masks and depth maps: say so before training starts."
+    from fastai.torch_core import ArrayMask, TensorMask
+    from segnb.data.core import ArrayDepth, TensorDepth
+    ds = dls.train.dataset if len(dls.train.dataset) else dls.valid.dataset
+    try: item = ds[0]
+    except Exception: return   # a file that cannot be loaded is reported by the loader itself, with its path
+    kinds = ", ".join(type(o).__name__ for o in item)
+    has = lambda types: any(isinstance(o, types) for o in list(item)[1:])
+    where = f"{cfg.filename or 'config'}: model {type(model).__name__}"
+    if not has((ArrayDepth, TensorDepth)):
+        raise ConfigError(f"{where} trains on depth maps, but the data items are ({kinds}); give the dataset depth "
+                          f"(data.dataset.depth=true for SyntheticScenes, depth_dir=... for a folder dataset)")
+    if task == "multitask" and not has((ArrayMask, TensorMask)):
+        raise ConfigError(f"{where} needs masks and depth maps, but the data items are ({kinds})")
+
 def learner_from_config(cfg, work_dir=None, amp: bool = False, dls=None, model: nn.Module | None = None) -> SegLearner:
     "A `SegLearner` with data, model, optimizer, schedule callbacks, metrics and callbacks from `cfg` (a `Config`, dict or path)."
     cfg = _as_config(cfg)
@@ -120,6 +136,7 @@ def learner_from_config(cfg, work_dir=None, amp: bool = False, dls=None, model: 
     task = model_task(model)
     if task != "seg":
         from segnb.depth_learner import _one_input
+        _check_task_data(cfg, dls, model, task)
         _one_input(dls)   # (image, mask, depth) items: one input, the rest targets
     opt_cfg = cfg.get("optim_wrapper") or cfg.get("optimizer")
     opt_func = build_optimizer(model, opt_cfg, splitter=seg_splitter)

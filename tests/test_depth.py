@@ -285,3 +285,15 @@ def test_cli_train_test_predict_depth_configs(name, tmp_path):
     assert main(["predict", str(run), str(tmp_path / "a.png"), "--out", str(tmp_path / "pred")]) == 0
     d = np.asarray(Image.open(tmp_path / "pred" / "a_depth.png"))
     assert d.dtype == np.uint16 and d.shape == (32, 32) and d.max() > 0
+
+
+def test_cli_depth_config_without_depth_data_says_so(tmp_path, capsys):
+    "A depth model on data without depth maps stops before training with one line naming the config, the items and the fix."
+    from segnb.cli import main
+    cfg = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "segnb" / "configs" / "depthconv_r18_synthetic-96x96.yaml")
+    rc = main(["train", cfg, "--work-dir", str(tmp_path / "run"), "--cfg-options", "data.dataset.depth=false", "data.train.n=4",
+               "data.val.n=4", "data.dataset.size=32"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "depthconv_r18_synthetic-96x96.yaml: model DepthEstimator trains on depth maps" in err
+    assert "(ArrayImage, ArrayMask)" in err and "data.dataset.depth=true" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
