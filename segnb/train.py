@@ -104,7 +104,7 @@ def _default_task_metrics(task, dls, model) -> list:
                              depth_keys=("d1", "abs_rel", "rmse"))
 
 def _check_task_data(cfg, dls, model, task):
-    "A depth model needs depth maps among the items, a multi-task model masks and depth maps: say so before training starts."
+    "Items that fit the model (seg: image + mask; depth: + depth map; multi-task: both), or a clear error before training starts."
     from fastai.torch_core import ArrayMask, TensorMask
     from segnb.data.core import ArrayDepth, TensorDepth
     ds = dls.train.dataset if len(dls.train.dataset) else dls.valid.dataset
@@ -113,6 +113,11 @@ def _check_task_data(cfg, dls, model, task):
     kinds = ", ".join(type(o).__name__ for o in item)
     has = lambda types: any(isinstance(o, types) for o in list(item)[1:])
     where = f"{cfg.filename or 'config'}: model {type(model).__name__}"
+    if task == "seg":
+        if has((ArrayDepth, TensorDepth)):
+            raise ConfigError(f"{where} takes (image, mask) items, but the data items are ({kinds}); drop the depth maps "
+                              f"(data.dataset.depth=false, or no depth_dir) or train a MultiTaskSegmentor")
+        return
     if not has((ArrayDepth, TensorDepth)):
         raise ConfigError(f"{where} trains on depth maps, but the data items are ({kinds}); give the dataset depth "
                           f"(data.dataset.depth=true for SyntheticScenes, depth_dir=... for a folder dataset)")
@@ -134,9 +139,9 @@ def learner_from_config(cfg, work_dir=None, amp: bool = False, dls=None, model: 
         except (TypeError, ValueError) as e: raise ConfigError(f"{cfg.filename or 'config'}: model: {e}") from None
     _check_num_classes(cfg, dls, model)
     task = model_task(model)
+    _check_task_data(cfg, dls, model, task)
     if task != "seg":
         from segnb.depth_learner import _one_input
-        _check_task_data(cfg, dls, model, task)
         _one_input(dls)   # (image, mask, depth) items: one input, the rest targets
     opt_cfg = cfg.get("optim_wrapper") or cfg.get("optimizer")
     opt_func = build_optimizer(model, opt_cfg, splitter=seg_splitter)

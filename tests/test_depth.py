@@ -297,3 +297,17 @@ def test_cli_depth_config_without_depth_data_says_so(tmp_path, capsys):
     assert rc == 2 and "depthconv_r18_synthetic-96x96.yaml: model DepthEstimator trains on depth maps" in err
     assert "(ArrayImage, ArrayMask)" in err and "data.dataset.depth=true" in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_seg_model_on_items_with_depth_says_so(tmp_path):
+    "A segmentation model on (image, mask, depth) items: a ConfigError naming the items and the two ways out."
+    from segnb.config import Config, ConfigError
+    from segnb.train import learner_from_config
+    cfg = Config.fromdict(dict(
+        data=dict(dataset=dict(type="SyntheticScenes", size=32, depth=True), train=dict(n=4, split="train"), val=dict(n=4, split="val"),
+                  batch_size=2, num_workers=0),
+        model=dict(type="EncoderDecoder", backbone=dict(type="TimmBackbone", model_name="test_resnet.r160_in1k", out_indices=[1, 2, 3, 4]),
+                   decode_head=dict(type="FCNHead", in_channels=96, in_index=3, channels=8, num_classes=6, num_convs=1)),
+        optimizer=dict(type="AdamW", lr=1e-3), schedule=dict(max_iters=2, val_interval=2)))
+    with pytest.raises(ConfigError, match=r"takes \(image, mask\) items, but the data items are \(ArrayImage, ArrayMask, ArrayDepth\)"):
+        learner_from_config(cfg, work_dir=tmp_path)
