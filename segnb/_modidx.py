@@ -2351,7 +2351,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'segnb.train._build_metrics': ('train.html#_build_metrics', 'segnb/train.py'),
                              'segnb.train._check_num_classes': ('train.html#_check_num_classes', 'segnb/train.py'),
                              'segnb.train._check_task_data': ('train.html#_check_task_data', 'segnb/train.py'),
-                             'segnb.train._default_task_metrics': ('train.html#_default_task_metrics', 'segnb/train.py'),
                              'segnb.train._is_iter_based': ('train.html#_is_iter_based', 'segnb/train.py'),
                              'segnb.train._primary_is_miou': ('train.html#_primary_is_miou', 'segnb/train.py'),
                              'segnb.train._split_pred': ('train.html#_split_pred', 'segnb/train.py'),

@@ -92,17 +92,6 @@ def model_task(model) -> str:
     from segnb.models.depth import DepthEstimator, MultiTaskSegmentor
     return "multitask" if isinstance(model, MultiTaskSegmentor) else "depth" if isinstance(model, DepthEstimator) else "seg"
 
-def _default_task_metrics(task, dls, model) -> list:
-    "Metrics for a config without `metrics:`: depth metrics (range and crop from the data) and mIoU for a multi-task model."
-    from segnb.depth_learner import _depth_meta, _has_masks, depth_metrics
-    from segnb.models.depth import multitask_metrics
-    dmeta = _depth_meta(dls)
-    if task == "depth": return depth_metrics(dmeta, task=_has_masks(dls))
-    meta = _dls_meta(dls)
-    return multitask_metrics(num_classes=getattr(model, "num_classes", None), class_names=list(meta.classes) if meta else None,
-                             ignore_index=meta.ignore_index if meta else 255, depth_meta=dmeta, seg_keys=("mIoU", "aAcc"),
-                             depth_keys=("d1", "abs_rel", "rmse"))
-
 def _check_task_data(cfg, dls, model, task):
     "Items that fit the model (seg: image + mask; depth: + depth map; multi-task: both), or a clear error before training starts."
     from fastai.torch_core import ArrayMask, TensorMask
@@ -140,9 +129,6 @@ def learner_from_config(cfg, work_dir=None, amp: bool = False, dls=None, model: 
     _check_num_classes(cfg, dls, model)
     task = model_task(model)
     _check_task_data(cfg, dls, model, task)
-    if task != "seg":
-        from segnb.depth_learner import _one_input
-        _one_input(dls)   # (image, mask, depth) items: one input, the rest targets
     opt_cfg = cfg.get("optim_wrapper") or cfg.get("optimizer")
     opt_func = build_optimizer(model, opt_cfg, splitter=seg_splitter)
     lr = float((opt_cfg.get("optimizer") or opt_cfg).get("lr", 1e-3))
@@ -165,14 +151,16 @@ def learner_from_config(cfg, work_dir=None, amp: bool = False, dls=None, model: 
         if c.get("type") in ("LoggerCallback", "LoggerHook"): c.setdefault("out_dir", str(work_dir / "logs"))
         try: cbs.append(CALLBACKS.build(c))
         except (TypeError, ValueError, KeyError) as e: raise ConfigError(f"{cfg.filename or 'config'}: callbacks.{i}: {e}") from None
-    metrics = _build_metrics(cfg, dls, model) if cfg.get("metrics") or task == "seg" else _default_task_metrics(task, dls, model)
-    cls, loss = SegLearner, SegLoss(model)
-    if task != "seg":
-        from segnb.depth_learner import DepthLearner, DepthLossFunc, _depth_meta
-        cls, loss = DepthLearner, (DepthLossFunc(model) if task == "depth" else loss)
-    learn = cls(dls, model, loss_func=loss, opt_func=opt_func, lr=lr, metrics=metrics, splitter=seg_splitter,
-                cbs=cbs, path=work_dir, model_dir="checkpoints")
-    if task != "seg": learn.depth_meta = _depth_meta(dls)
+    # depth and multi-task models: the Python API's learners (one input, their loss, default metrics when the config has none)
+    metrics = _build_metrics(cfg, dls, model) if cfg.get("metrics") or task == "seg" else None
+    kw = dict(opt_func=opt_func, lr=lr, metrics=metrics, splitter=seg_splitter, cbs=cbs, path=work_dir, model_dir="checkpoints")
+    if task == "depth":
+        from segnb.depth_learner import depth_learner
+        learn = depth_learner(dls, model=model, **kw)
+    elif task == "multitask":
+        from segnb.depth_learner import multitask_learner
+        learn = multitask_learner(dls, model=model, num_classes=getattr(model, "num_classes", None), **kw)
+    else: learn = SegLearner(dls, model, loss_func=SegLoss(model), **kw)
     if amp: enable_amp(learn)
     learn.cfg, learn.work_dir, learn.schedule = cfg, work_dir, sched
     return learn
