@@ -19,10 +19,11 @@ from .callbacks import (ParamSchedulerCallback, CheckpointCallback, LoggerCallba
 from .data.core import build_dataloaders, SegMeta
 from .cli import command
 from .distributed import init_distributed, DistributedCallback
+from .inference import model_task   # 'seg', 'depth' or 'multi'
 
 # %% auto #0
-__all__ = ['set_random_seed', 'param_schedulers', 'model_task', 'learner_from_config', 'enable_amp', 'save_run_files',
-           'fit_from_config', 'evaluate', 'plot_training_curves', 'train', 'test', 'save_overlays']
+__all__ = ['set_random_seed', 'param_schedulers', 'learner_from_config', 'enable_amp', 'save_run_files', 'fit_from_config',
+           'evaluate', 'plot_training_curves', 'train', 'test', 'save_overlays']
 
 # %% ../nbs/36_train.ipynb #e24f93fb
 def set_random_seed(seed: int | None, deterministic: bool = False):
@@ -87,11 +88,6 @@ def _check_num_classes(cfg, dls, model):
                           f"({', '.join(map(str, meta.classes[:6]))}{', ...' if meta.num_classes > 6 else ''}); "
                           f"override with --cfg-options model.decode_head.num_classes={meta.num_classes}")
 
-def model_task(model) -> str:
-    "'seg', 'depth' (a `DepthEstimator`) or 'multitask' (a `MultiTaskSegmentor`): what a model predicts."
-    from segnb.models.depth import DepthEstimator, MultiTaskSegmentor
-    return "multitask" if isinstance(model, MultiTaskSegmentor) else "depth" if isinstance(model, DepthEstimator) else "seg"
-
 def _check_task_data(cfg, dls, model, task):
     "Items that fit the model (seg: image + mask; depth: + depth map; multi-task: both), or a clear error before training starts."
     from fastai.torch_core import ArrayMask, TensorMask
@@ -110,7 +106,7 @@ def _check_task_data(cfg, dls, model, task):
     if not has((ArrayDepth, TensorDepth)):
         raise ConfigError(f"{where} trains on depth maps, but the data items are ({kinds}); give the dataset depth "
                           f"(data.dataset.depth=true for SyntheticScenes, depth_dir=... for a folder dataset)")
-    if task == "multitask" and not has((ArrayMask, TensorMask)):
+    if task == "multi" and not has((ArrayMask, TensorMask)):
         raise ConfigError(f"{where} needs masks and depth maps, but the data items are ({kinds})")
 
 def learner_from_config(cfg, work_dir=None, amp: bool = False, dls=None, model: nn.Module | None = None) -> SegLearner:
@@ -157,7 +153,7 @@ def learner_from_config(cfg, work_dir=None, amp: bool = False, dls=None, model: 
     if task == "depth":
         from segnb.depth_learner import depth_learner
         learn = depth_learner(dls, model=model, **kw)
-    elif task == "multitask":
+    elif task == "multi":
         from segnb.depth_learner import multitask_learner
         learn = multitask_learner(dls, model=model, num_classes=getattr(model, "num_classes", None), **kw)
     else: learn = SegLearner(dls, model, loss_func=SegLoss(model), **kw)
@@ -300,7 +296,7 @@ def test(cfg, checkpoint, tta: bool = False, show_dir=None, out=None, work_dir=N
 
 def _split_pred(pred, task):
     "(label maps or None, depth maps (B, H, W) or None) of a model's `predict` output."
-    if task == "multitask": return pred.seg, pred.depth[:, 0]
+    if task == "multi": return pred.seg, pred.depth[:, 0]
     return (None, pred[:, 0]) if task == "depth" else (pred, None)
 
 def save_overlays(learn, show_dir, max_n: int | None = None, alpha: float = 0.5) -> list[Path]:
