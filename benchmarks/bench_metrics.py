@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse, contextlib, io, json, os, statistics, subprocess, sys, time
 from pathlib import Path
 import torch
-from _peers import stub_mmcv_ext  # noqa: E402  (benchmarks/ is sys.path[0] when a script runs)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # segnb (this checkout), in either venv
+from segnb.benchmark import stub_mmcv_ext  # noqa: E402  (torch + stdlib only: importable under the peers' python too)
 
 NUM_CLASSES, IGNORE = 150, 255
 DEFAULT_PEERS = Path.home() / "peers" / "litevenv" / "bin" / "python"

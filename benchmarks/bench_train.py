@@ -53,7 +53,8 @@ from pathlib import Path
 # worker inherits it); export OMP_WAIT_POLICY yourself to choose another.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
-from _peers import stub_mmcv_ext, strip_mmseg_cfg  # noqa: E402  (benchmarks/ is sys.path[0] when a script runs)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # segnb (this checkout), in either venv
+from segnb.benchmark import stub_mmcv_ext, strip_mmseg_cfg  # noqa: E402  (torch + stdlib only: importable under the peers' python too)
 
 warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parents[1]

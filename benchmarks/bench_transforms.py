@@ -30,7 +30,8 @@ Usage: .venv/bin/python benchmarks/bench_transforms.py [--images 64] [--rounds 3
 from __future__ import annotations
 import argparse, json, os, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
-from _peers import stub_mmcv_ext  # noqa: E402  (benchmarks/ is sys.path[0] when a script runs)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # segnb (this checkout), in either venv
+from segnb.benchmark import stub_mmcv_ext  # noqa: E402  (torch + stdlib only: importable under the peers' python too)
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = Path.home() / "peers" / "litevenv" / "bin" / "python"

@@ -15,7 +15,7 @@ import contextlib, copy, glob, io, os, sys, types
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT)); sys.path += glob.glob(str(ROOT / ".venv/lib/python3*/site-packages"))
-from _peers import stub_mmcv_ext, strip_mmseg_cfg  # noqa: E402  (benchmarks/ is sys.path[0])
+from segnb.benchmark import stub_mmcv_ext, strip_mmseg_cfg  # noqa: E402  (torch + stdlib only: importable under the peers' python too)
 stub_mmcv_ext()   # mmcv-lite: mmseg imports mmcv.ops at import time; no op is called here
 import warnings; warnings.filterwarnings("ignore")
 import torch

@@ -17,10 +17,11 @@ from .cli import command
 
 # %% auto #0
 __all__ = ['SMP_EQUIVALENTS', 'bench_env', 'num_threads', 'PeakMemory', 'tensor_bytes', 'peak_memory', 'postprocess',
-           'model_task', 'SpeedRunner', 'default_peers', 'default_peers_python', 'build_peer', 'PeerProcess',
-           'measure_speeds', 'add_ratios', 'measure_speed', 'measure_throughput', 'BenchmarkError', 'resolve_config',
-           'load_grid', 'Cell', 'grid_cells', 'run_cell', 'BenchmarkRun', 'cell_status', 'run_benchmark', 'summarize',
-           'results_markdown', 'load_results', 'compare_grid_speed', 'speed_markdown', 'check_reproduces']
+           'model_task', 'SpeedRunner', 'default_peers', 'default_peers_python', 'stub_mmcv_ext', 'strip_mmseg_cfg',
+           'build_peer', 'PeerProcess', 'measure_speeds', 'add_ratios', 'measure_speed', 'measure_throughput',
+           'BenchmarkError', 'resolve_config', 'load_grid', 'Cell', 'grid_cells', 'run_cell', 'BenchmarkRun',
+           'cell_status', 'run_benchmark', 'summarize', 'results_markdown', 'load_results', 'compare_grid_speed',
+           'speed_markdown', 'check_reproduces']
 
 # %% ../nbs/46_benchmark.ipynb #be1c8d8e
 def _cpu_name() -> str:
@@ -184,7 +185,7 @@ def default_peers_python() -> str:
     return str(p) if p.exists() else sys.executable
 
 # %% ../nbs/46_benchmark.ipynb #3f6e7b25
-def _stub_mmcv_ext():
+def stub_mmcv_ext():
     "mmseg imports mmcv.ops at import time; mmcv-lite has no compiled `mmcv._ext`: install stand-ins that raise if called."
     import importlib.util, types
     if importlib.util.find_spec("mmcv") is None: return "mmcv not installed"
@@ -215,15 +216,16 @@ def _mmseg_config_path(spec: Mapping) -> str:
     if not hits: raise FileNotFoundError(f"mmseg peer {stem!r}: no config {pat} under {root}")
     return str(hits[0])
 
-def _strip_mm(obj, num_classes=None):
+def strip_mmseg_cfg(obj, num_classes=None):
+    "An MMSeg model config for one CPU process with nothing to download (SyncBN -> BN, no init_cfg/pretrained), in place; optionally `num_classes`."
     if isinstance(obj, dict):
         if obj.get("type") == "SyncBN": obj["type"] = "BN"
         for k in list(obj):
             if k in ("init_cfg", "pretrained"): obj[k] = None
             elif k == "num_classes" and num_classes is not None: obj[k] = num_classes
-            else: _strip_mm(obj[k], num_classes)
+            else: strip_mmseg_cfg(obj[k], num_classes)
     elif isinstance(obj, (list, tuple)):
-        for v in obj: _strip_mm(v, num_classes)
+        for v in obj: strip_mmseg_cfg(v, num_classes)
     return obj
 
 class _MMSegTensor(nn.Module):
@@ -239,7 +241,7 @@ def build_peer(framework: str, spec: Mapping, num_classes: int) -> nn.Module:
         arch = spec.pop("arch")
         return getattr(smp, arch)(encoder_weights=None, classes=num_classes, **spec)
     if framework == "mmseg":
-        _stub_mmcv_ext()
+        stub_mmcv_ext()
         import logging
         from mmengine.config import Config as MMConfig
         from mmseg.registry import MODELS as MM_MODELS
@@ -247,7 +249,7 @@ def build_peer(framework: str, spec: Mapping, num_classes: int) -> nn.Module:
         register_all_modules(init_default_scope=True)
         logging.getLogger("mmengine").setLevel(logging.ERROR)
         cfg = MMConfig.fromfile(_mmseg_config_path(spec))
-        mcfg = _strip_mm(cfg.model.to_dict(), num_classes)
+        mcfg = strip_mmseg_cfg(cfg.model.to_dict(), num_classes)
         mcfg.pop("data_preprocessor", None)
         with contextlib.redirect_stdout(io.StringIO()):
             m = MM_MODELS.build(mcfg); m.init_weights()
@@ -273,7 +275,7 @@ def _peer_server():
             info[p["key"]] = dict(params=r.params, version=_framework_version(p["framework"]), name=name)
         except Exception as e:  # noqa: BLE001 -- a missing peer is reported, not fatal
             info[p["key"]] = dict(error=f"{type(e).__name__}: {e}".splitlines()[0][:300])
-    mm = _stub_mmcv_ext() if any(p["framework"] == "mmseg" for p in req["peers"]) else None
+    mm = stub_mmcv_ext() if any(p["framework"] == "mmseg" for p in req["peers"]) else None
     env = bench_env(req.get("device") or "cpu", getattr(torch, req["dtype"]), int(req["threads"]))
     proto.write(json.dumps(dict(ready=info, env=env, mmcv=mm)) + "\n")
     for line in sys.stdin:
