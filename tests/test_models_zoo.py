@@ -72,9 +72,12 @@ def test_other_configs_build(path):
         except RuntimeError as e:            # parts that load real weights (e.g. a local text encoder) refuse the meta device
             if "meta" not in str(e): raise
             model = MODELS.build(cfg.model)
-    except (OSError, RuntimeError) as e:     # e.g. open-vocabulary configs whose CLIP weights come from the Hugging Face Hub
-        if "download" in str(e).lower() or "hub" in str(e).lower(): pytest.skip(f"{path.name} needs hub weights (offline here): {str(e)[:120]}")
-        raise
+    except RuntimeError as e:                # open-vocabulary configs whose CLIP weights open_clip downloads (offline here)
+        if "could not load open_clip" not in str(e): raise
+        # the same architecture with random CLIP weights; the real weight-loading path is tested in test_clip.py
+        for part in (cfg.model.get("backbone"), cfg.model.get("text_encoder")):
+            if part is not None and "pretrained" in part: part["pretrained"] = None
+        model = MODELS.build(cfg.model)
     assert n_params(model) > 0
 
 def test_small_configs_run_for_real():
