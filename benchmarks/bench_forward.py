@@ -8,9 +8,11 @@ mmseg wheel (SyncBN -> BN, no pretrained weights), SMP rows from segmentation_mo
 Every row returns logits at the input size (MMSeg: `model(x, mode='tensor')` + the bilinear resize of
 `test_cfg.mode='whole'`, as in /work/shared/bench/peers_cpu.py; segnb: `model.inference(x)`), eval mode, under
 `torch.inference_mode()`. segnb runs its fast path (`optimize_for_inference()`: exact conv-BN fusion, exact head
-reordering, channels-last) in fp32, with `inference(x, precision="bf16")` (CPU autocast) and with bf16 weights
-(`optimize_for_inference(dtype=torch.bfloat16)`); `--ablation` adds segnb without the fast path. The bf16 rows report
-the share of pixels whose label equals the fp32 label.
+reordering, Winograd F(4x4, 3x3) for the wide 3x3 convs, channels-last) in fp32, the same without Winograd ("fp32
+direct convs"), with `inference(x, precision="bf16")` (CPU autocast) and with bf16 weights
+(`optimize_for_inference(dtype=torch.bfloat16)`); `--ablation` adds segnb without any of the fast path. Each segnb row
+reports the share of pixels whose label equals the "fp32 direct convs" label. GFLOP/s is always the model's FLOPs
+(direct convolution) over the time, also for the Winograd row, which executes fewer multiplications.
 
 The peers run in their own venv (default ~/peers/litevenv, override with --peers-python): this script starts itself
 there as a worker and drives it over a pipe, so timing is round-robin across ALL rows (one forward per row per
@@ -64,6 +66,8 @@ SMP_MODELS = [
     ("UPerNet(resnet50)", "UPerNet", "resnet50", {}, None),
 ]
 NUM_CLASSES = 150
+# glibc settings equal to segnb.cpu_memory.reuse_cpu_memory() (which segnb's optimize_for_inference applies on CPU)
+REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str((1 << 31) - 1), "MALLOC_TOP_PAD_": str(256 << 20)}
 
 
 def parse_args(argv=None):
@@ -77,6 +81,8 @@ def parse_args(argv=None):
     p.add_argument("--peers-python", default=str(Path.home() / "peers/litevenv/bin/python"))
     p.add_argument("--skip-mmseg", action="store_true")
     p.add_argument("--skip-smp", action="store_true")
+    p.add_argument("--no-peers-reuse", action="store_true",
+                   help="skip the second peers process that runs MMSeg/SMP with segnb's memory-reuse malloc settings")
     p.add_argument("--ablation", action="store_true", help="also time segnb without fusion/channels-last")
     p.add_argument("--time-budget", type=float, default=900, help="seconds for the timed rounds (at least 3 rounds, 2 with --quick)")
     p.add_argument("--json", default=None, help="write the rows as JSON here")
@@ -195,7 +201,7 @@ def worker_main(a):
 # ------------------------------------------------------------------------------------------------------ main side
 class Worker:
     "The peers process: answers `run <id>` with the time of one forward."
-    def __init__(self, a):
+    def __init__(self, a, reuse_memory=False):
         args = [a.peers_python, str(Path(__file__).resolve()), "--worker", "--batch", str(a.batch), "--size", str(a.size),
                 "--threads", str(a.threads), "--warmup", str(a.warmup)]
         if a.only: args += ["--only", a.only]
@@ -203,6 +209,8 @@ class Worker:
         if a.skip_smp: args.append("--skip-smp")
         if a.cpu_time: args.append("--cpu-time")
         env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "PYTHONPATH": ""}
+        if reuse_memory: env.update(REUSE_ENV)
+        self.reuse_memory = reuse_memory
         import tempfile
         self.log = tempfile.TemporaryFile("w+")     # a file, not a pipe: a chatty worker cannot block on a full pipe
         self.p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
@@ -242,6 +250,8 @@ def build_segnb(a):
         m = make()
         params, aux = n_params(m, "auxiliary_head"), n_params(m) - n_params(m, "auxiliary_head")
         if a.ablation: rows.append(dict(key=key, framework="segnb", variant="fp32 (no fusion, NCHW)", fn=m.inference, params=params, params_aux=aux))
+        direct = make().optimize_for_inference(winograd=False)
+        rows.append(dict(key=key, framework="segnb", variant="fp32 direct convs", fn=direct.inference, params=params, params_aux=aux))
         fast = make().optimize_for_inference()
         rows.append(dict(key=key, framework="segnb", variant="fp32", fn=fast.inference, params=params, params_aux=aux))
         rows.append(dict(key=key, framework="segnb", variant="bf16 autocast", fn=lambda x, f=fast: f.inference(x, precision="bf16"),
@@ -268,18 +278,23 @@ def main():
         outs[(r["key"], r["variant"])] = out.argmax(1)
         r["ms"], r["error"] = [], None
     for r in rows:
-        ref = outs.get((r["key"], "fp32"))
-        if r["variant"].startswith("bf16") and ref is not None:
+        ref = outs.get((r["key"], "fp32 direct convs"))
+        if r["variant"] == "fp32":
+            # Winograd runs fewer multiplications than the model has: GFLOP/s stays the model's FLOPs (direct conv) / time
+            r["flops_executed"], r["flops"] = r["flops"], next(q["flops"] for q in rows if q["key"] == r["key"] and q["variant"] == "fp32 direct convs")
+        if r["variant"] != "fp32 direct convs" and ref is not None:
             r["agreement"] = float((outs[(r["key"], r["variant"])] == ref).float().mean())
-    worker = None
+    workers = []
     if not (a.skip_mmseg and a.skip_smp):
         if not Path(a.peers_python).exists():
             print(f"# peers python {a.peers_python} not found: MMSeg/SMP rows skipped", flush=True)
         else:
-            worker = Worker(a)
-            for w in worker.rows:
-                rows.append(dict(key=w["key"], framework=w["framework"], variant=w["variant"], params=w["params"],
-                                 params_aux=w["params_aux"], flops=w["flops"], error=w["error"], ms=[], remote=w["id"]))
+            workers = [Worker(a)] + ([] if a.no_peers_reuse else [Worker(a, reuse_memory=True)])
+            for wk in workers:
+                for w in wk.rows:
+                    rows.append(dict(key=w["key"], framework=w["framework"], variant=w["variant"] + (", reuse memory" if wk.reuse_memory else ""),
+                                     params=w["params"], params_aux=w["params_aux"], flops=w["flops"], error=w["error"], ms=[],
+                                     remote=w["id"], worker=wk))
     print(f"# built and warmed up in {time.perf_counter() - t_start:.0f} s", flush=True)
     live = [r for r in rows if not r.get("error")]
     deadline = time.perf_counter() + a.time_budget
@@ -288,37 +303,44 @@ def main():
         for i in range(a.runs):
             t0 = time.perf_counter()
             for r in live:
-                r["ms"].append(worker.run(r["remote"]) if "remote" in r else timed_ms(r["fn"], x))
+                r["ms"].append(r["worker"].run(r["remote"]) if "remote" in r else timed_ms(r["fn"], x))
             rnd = time.perf_counter() - t0
             if i + 1 >= min_runs and i + 1 < a.runs and time.perf_counter() + rnd > deadline:
                 print(f"# time budget: stopped after {i + 1} of {a.runs} rounds", flush=True)
                 break
     finally:
-        if worker: worker.close()
+        for wk in workers: wk.close()
     report(rows, a)
 
 
 def report(rows, a):
     for r in rows: r["median_ms"] = statistics.median(r["ms"]) if r.get("ms") else None
-    mm = {r["key"]: r["median_ms"] for r in rows if r["framework"].startswith("mmseg") and r["median_ms"]}
-    smp_same = {r["key"]: r["median_ms"] for r in rows if r["framework"].startswith("smp") and r["median_ms"] and r["key"] in dict((k, 1) for k, _, _ in MODELS)}
+    same_arch = {k for k, _, _ in MODELS}
+    def peer(fw, reuse):
+        return {r["key"]: r["median_ms"] for r in rows if r["framework"].startswith(fw) and r["median_ms"] and r["key"] in same_arch
+                and r["variant"].endswith(", reuse memory") == reuse}
+    mm, mm_r, smp_same, smp_r = peer("mmseg", False), peer("mmseg", True), peer("smp", False), peer("smp", True)
     ms_h, rate_h = ("median CPU ms", "GFLOP per CPU s") if a.cpu_time else ("median ms", "GFLOP/s")
-    print(f"\n| model | framework | variant | params (M) | GFLOPs | {ms_h} | {rate_h} | x MMSeg fp32 (same arch) | x SMP (same arch) | bf16 labels = fp32 |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"\n| model | framework | variant | params (M) | GFLOPs | {ms_h} | {rate_h} | x MMSeg fp32 | x MMSeg fp32, reuse memory "
+          f"| x SMP | x SMP, reuse memory | labels = fp32 direct |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     order = {k: i for i, (k, _, _) in enumerate(MODELS)}
+    ratio = lambda ref, r: f"{ref[r['key']] / r['median_ms']:.2f}" if r["key"] in ref and r["median_ms"] else "-"
     for r in sorted(rows, key=lambda r: (order.get(r["key"], 99), r["key"], r["framework"] != "segnb", r["framework"], r["variant"])):
         p = f"{r['params'] / 1e6:.2f}" + (f" (+{r['params_aux'] / 1e6:.2f} aux)" if r.get("params_aux") else "")
         if r.get("error"):
-            print(f"| {r['key']} | {r['framework']} | {r['variant']} | {p} | - | - | - | - | - | FAILED: {r['error']} |"); continue
+            print(f"| {r['key']} | {r['framework']} | {r['variant']} | {p} | - | - | - | - | - | - | - | FAILED: {r['error']} |"); continue
         ms, fl = r["median_ms"], r["flops"]
-        vs_mm = f"{mm[r['key']] / ms:.2f}" if r["key"] in mm and ms else "-"
-        vs_smp = f"{smp_same[r['key']] / ms:.2f}" if r["key"] in smp_same and ms else "-"
         ag = f"{100 * r['agreement']:.2f}%" if "agreement" in r else "-"
-        print(f"| {r['key']} | {r['framework']} | {r['variant']} | {p} | {fl / 1e9:.1f} | {ms:.1f} | {fl / 1e9 / (ms / 1e3):.1f} | {vs_mm} | {vs_smp} | {ag} |")
+        print(f"| {r['key']} | {r['framework']} | {r['variant']} | {p} | {fl / 1e9:.1f} | {ms:.1f} | {fl / 1e9 / (ms / 1e3):.1f} "
+              f"| {ratio(mm, r)} | {ratio(mm_r, r)} | {ratio(smp_same, r)} | {ratio(smp_r, r)} | {ag} |")
     print(f"\n# rows timed round-robin; params exclude auxiliary heads (not run at inference); "
-          f"GFLOPs counted by FlopCounterMode (multiply-add = 2)")
+          f"GFLOPs counted by FlopCounterMode (multiply-add = 2); segnb rows use the model's FLOPs (direct convolution) "
+          f"also where Winograd convs execute fewer; 'labels = fp32 direct': share of pixels labelled as by segnb's fp32 direct-conv row; "
+          f"segnb runs with reuse_cpu_memory() (set by optimize_for_inference on CPU); the peers' 'reuse memory' rows run in a "
+          f"second process started with the same glibc settings ({' '.join(f'{k}={v}' for k, v in REUSE_ENV.items())})")
     if a.json:
-        keep = ("key", "framework", "variant", "params", "params_aux", "flops", "ms", "median_ms", "agreement", "error")
+        keep = ("key", "framework", "variant", "params", "params_aux", "flops", "flops_executed", "ms", "median_ms", "agreement", "error")
         Path(a.json).write_text(json.dumps(dict(args=vars(a), rows=[{k: r.get(k) for k in keep} for r in rows]), indent=1))
 
 

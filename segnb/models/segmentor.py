@@ -4,7 +4,7 @@
 
 # %% ../../nbs/23_models.segmentor.ipynb #ab932246
 from __future__ import annotations
-import math, warnings
+import math, types, warnings
 from collections import Counter
 from contextlib import nullcontext
 from typing import Mapping, Sequence
@@ -13,10 +13,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from ..registry import BACKBONES, NECKS, HEADS, MODELS
 from .backbones import load_checkpoint
+from .winograd import use_winograd
+from .heads import ASPPModule
+from ..cpu_memory import reuse_cpu_memory
 
 # %% auto #0
-__all__ = ['BACKBONE_ALIASES', 'ALGORITHMS', 'fuse_conv_bn', 'reorder_head', 'EncoderDecoder', 'CascadeEncoderDecoder',
-           'from_name']
+__all__ = ['BACKBONE_ALIASES', 'ALGORITHMS', 'fuse_conv_bn', 'nchw_islands', 'reorder_head', 'EncoderDecoder',
+           'CascadeEncoderDecoder', 'from_name']
 
 # %% ../../nbs/23_models.segmentor.ipynb #a7d59796
 def _plain(t):
@@ -109,10 +112,41 @@ def fuse_conv_bn(model: nn.Module, example: torch.Tensor, check: bool = True, rt
     return fused
 
 # %% ../../nbs/23_models.segmentor.ipynb #205b295f
+def _slow_dw(m: nn.Module, max_dilation: int = 4) -> bool:
+    "A depthwise conv dilated more than `max_dilation` (slow in oneDNN's channels-last kernels)."
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels and max(m.dilation) > max_dilation
+
+def _is_channels_last(x) -> bool:
+    return isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+def _aspp_nchw_forward(self, x):
+    "ASPPModule.forward in a channels-last model whose dilated depthwise branches run in NCHW."
+    if not _is_channels_last(x): return [m(x) for m in self]
+    xn, outs = None, []
+    for m in self:
+        if getattr(m, "_nchw", False):
+            if xn is None: xn = x.contiguous()                # one transpose for all branches
+            outs.append(m(xn).contiguous(memory_format=torch.channels_last))
+        else: outs.append(m(x))
+    return outs
+
+def nchw_islands(model: nn.Module) -> int:
+    "Run ASPP branches with dilated depthwise convs in NCHW (weights too) inside a channels-last model; returns how many modules."
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, ASPPModule) and any(_slow_dw(k) for k in mod.modules()):
+            for br in mod:
+                if any(_slow_dw(k) for k in br.modules()):
+                    br._nchw = True
+                    for p in br.parameters(): p.data = p.data.clone(memory_format=torch.contiguous_format)
+            mod.forward = types.MethodType(_aspp_nchw_forward, mod)
+            n += 1
+    return n
+
 def _slow_channels_last(model: nn.Module, max_dilation: int = 4) -> bool:
-    "Whether `model` has a depthwise conv dilated more than `max_dilation` (slow in oneDNN's channels-last kernels)."
-    return any(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels and max(m.dilation) > max_dilation
-               for m in model.modules())
+    "Whether `model` has a depthwise conv dilated more than `max_dilation` outside the ASPP modules `nchw_islands` handles."
+    inside = {id(k) for m in model.modules() if isinstance(m, ASPPModule) for k in m.modules()}
+    return any(_slow_dw(k, max_dilation) and id(k) not in inside for k in model.modules())
 
 # %% ../../nbs/23_models.segmentor.ipynb #815750f7
 def _segformer_reordered_forward(self, inputs):
@@ -341,18 +375,37 @@ class EncoderDecoder(nn.Module):
                 raise RuntimeError(f"reorder_heads changed the output (max diff {float((ref - new).abs().max()):.3g}); rewrites undone")
         return len(heads)
 
-    def optimize_for_inference(self, fuse: bool = True, channels_last: bool | str = "auto", reorder: bool = True,
-                               dtype: torch.dtype | None = None, example: torch.Tensor | None = None):
-        "eval mode, conv-BN fusion, exact head rewrites, channels-last memory (`'auto'`: unless it is slower) and optionally `dtype` weights; returns `self`."
+    def use_winograd(self, example: torch.Tensor | None = None, min_channels: int = 256) -> int:
+        "Run the eligible 3x3 convs with Winograd F(4x4, 3x3) (`segnb.models.winograd`); checks the output; returns how many."
+        example = self._example() if example is None else example
         self.eval()
+        with torch.no_grad(): ref = self.whole_inference(example)
+        n = use_winograd(self, min_channels)
+        if n:
+            with torch.no_grad(): new = self.whole_inference(example)
+            if not torch.allclose(ref, new, rtol=1e-3, atol=1e-3 * float(ref.abs().max().clamp_min(1e-6))):
+                raise RuntimeError(f"use_winograd changed the output (max diff {float((ref - new).abs().max()):.3g}); please report this model")
+        return n
+
+    def optimize_for_inference(self, fuse: bool = True, channels_last: bool | str = "auto", reorder: bool = True,
+                               dtype: torch.dtype | None = None, example: torch.Tensor | None = None, winograd: bool | str = "auto",
+                               reuse_memory: bool | str = "auto"):
+        "eval mode, conv-BN fusion, exact head rewrites, Winograd 3x3 convs (`'auto'`: float32 on CPU), channels-last memory (`'auto'`: unless it is slower), optionally `dtype` weights, and (`'auto'`: on CPU) `reuse_cpu_memory()`; returns `self`."
+        self.eval()
+        on_cpu = next(self.parameters()).device.type == "cpu"
+        if reuse_memory == "auto": reuse_memory = on_cpu
+        if reuse_memory: reuse_cpu_memory()
         if fuse: self.fuse_conv_bn(example)
         if reorder: self.reorder_heads(example)
+        if winograd == "auto": winograd = on_cpu and dtype in (None, torch.float32)
+        if winograd: self.use_winograd(example)
         if dtype is not None:
             self.to(dtype)
             self._dtype = dtype
         if channels_last == "auto": channels_last = not _slow_channels_last(self)
         if channels_last:
             self.to(memory_format=torch.channels_last)
+            nchw_islands(self)
             self._channels_last = True
         return self
 
