@@ -67,7 +67,8 @@ SMP_MODELS = [
 ]
 NUM_CLASSES = 150
 # glibc settings equal to segnb.cpu_memory.reuse_cpu_memory() (which segnb's optimize_for_inference applies on CPU)
-REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str((1 << 31) - 1), "MALLOC_TOP_PAD_": str(256 << 20)}
+REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(64 << 30), "MALLOC_TOP_PAD_": str(256 << 20),
+             "MALLOC_ARENA_MAX": "1"}
 
 
 def parse_args(argv=None):

@@ -65,6 +65,10 @@ MMSEG_CFG = "deeplabv3plus/deeplabv3plus_r50-d8_4xb4-80k_ade20k-512x512.py"
 # MMSeg's ADE20K data_preprocessor (the segnb rows get the images normalised the same way beforehand)
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 LR, MOMENTUM, WD = 0.01, 0.9, 5e-4
+# glibc settings equal to segnb.cpu_memory.reuse_cpu_memory(), which SegLearner.fit applies on CPU (and so, in this process,
+# to the plain-loop rows too); the second MMSeg worker starts with them
+REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(64 << 30), "MALLOC_TOP_PAD_": str(256 << 20),
+             "MALLOC_ARENA_MAX": "1"}
 
 
 def parse_args(argv=None):
@@ -79,6 +83,10 @@ def parse_args(argv=None):
     p.add_argument("--curve-only", action="store_true", help="only the fp32-vs-bf16 loss-curve check (implies --amp)")
     p.add_argument("--no-curve", action="store_true", help="with --amp: time the bf16 rows but skip the loss-curve check")
     p.add_argument("--skip-mmseg", action="store_true")
+    p.add_argument("--peers-reuse", choices=("both", "off", "only"), default="both",
+                   help="MMSeg workers: as shipped and with segnb's malloc settings (both), only as shipped (off), or only "
+                        "with the malloc settings (only); 'both' needs ~24 GB with every row")
+    p.add_argument("--no-winograd", action="store_true", help="skip the Learner row with WinogradCallback")
     p.add_argument("--control", action="store_true", help="also run segnb's plain loop inside the MMSeg worker process "
                                                            "(its own row), to tell process effects from framework effects")
     p.add_argument("--peers-python", default=str(Path.home() / "peers/litevenv/bin/python"))
@@ -186,10 +194,13 @@ class MMSegRow:
     "(c) the MMSeg worker process, stepped over a pipe."
     name, framework, variant = "mmseg", "mmseg", "fp32 train_step"
 
-    def __init__(self, a, data_path):
+    def __init__(self, a, data_path, reuse_memory=False):
         args = [a.peers_python, str(Path(__file__).resolve()), "--worker", "--threads", str(a.threads), "--data", str(data_path)]
-        if a.control: args.append("--control")
+        if a.control and not reuse_memory: args.append("--control")
         env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "PYTHONPATH": ""}
+        if reuse_memory:
+            env.update(REUSE_ENV)
+            self.variant = "fp32 train_step, reuse memory"
         self.log = tempfile.TemporaryFile("w+")   # a file, not a pipe: a chatty worker cannot block on a full pipe
         self.p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
                                   cwd=str(Path(__file__).resolve().parent))
@@ -329,7 +340,7 @@ def memory_dls(x, y, bs):
     return DataLoaders(DataLoader(items, bs=bs, shuffle=False, drop_last=False), DataLoader(items, bs=bs, shuffle=False))
 
 
-def segnb_learner(x, y, state, n_steps, work_dir, amp):
+def segnb_learner(x, y, state, n_steps, work_dir, amp, winograd=False):
     "`learner_from_config` on the model-zoo config with in-memory data; weights from `state`; only the schedule's first iterations run."
     from segnb.config import Config
     from segnb.train import learner_from_config
@@ -338,7 +349,7 @@ def segnb_learner(x, y, state, n_steps, work_dir, amp):
     max_iters = int(cfg.schedule.max_iters)
     # no checkpoint file at the end of each short fit (a real run writes one every 8000 iterations); the logger stays
     cfg.callbacks = [dict(type="CheckpointCallback", interval=int(cfg.schedule.val_interval), save_last=False),
-                     dict(type="LoggerCallback", interval=50)]
+                     dict(type="LoggerCallback", interval=50)] + ([dict(type="WinogradCallback")] if winograd else [])
     learn = learner_from_config(cfg, work_dir=work_dir, amp=amp, dls=memory_dls(x, y, len(x)))
     learn.model.load_state_dict(state)
     for cb in learn.cbs:   # the learning rates of the first iterations of the config's 80k-iteration poly schedule
@@ -484,10 +495,17 @@ def time_rows(a, say, t_start, load0):
 
     from segnb.config import Config
     from segnb.registry import MODELS
+    from segnb.cpu_memory import reuse_cpu_memory
+    # what SegLearner.fit does on CPU; done here, before the Learner rows' threads exist, so that they share the main heap
+    # (in `segnb train` the fit runs on the main thread)
+    reuse_cpu_memory()
     torch.manual_seed(0)
     state = MODELS.build(Config.fromfile(SEGNB_CFG).model).state_dict()
     n_steps = a.warmup + a.runs
     rows = [LearnerRow(segnb_learner(x, labels, state, n_steps, work / "fp32", amp=False), n_steps, a.threads)]
+    if not a.no_winograd:
+        rows.append(LearnerRow(segnb_learner(x, labels, state, n_steps, work / "wino", amp=False, winograd=True), n_steps, a.threads))
+        rows[-1].variant = "fp32 + Winograd"
     plain_model = MODELS.build(Config.fromfile(SEGNB_CFG).model); plain_model.load_state_dict(state)
     rows.append(PlainRow(plain_model, x, labels))
     if a.amp:
@@ -499,8 +517,9 @@ def time_rows(a, say, t_start, load0):
         if not Path(a.peers_python).exists(): mm_note = f"MMSeg skipped: peers python {a.peers_python} not found"
         else:
             try:
-                mm = MMSegRow(a, data_path); rows.append(mm)
+                mm = MMSegRow(a, data_path, reuse_memory=a.peers_reuse == "only"); rows.append(mm)
                 if a.control: rows.append(mm.control_row())
+                if a.peers_reuse == "both": rows.append(MMSegRow(a, data_path, reuse_memory=True))
                 say(f"# MMSeg worker: {', '.join(f'{k}={v}' for k, v in mm.info['versions'].items())}; mmcv: {mm.info['mmcv_ops']}; "
                     f"threads={mm.info['threads']}")
             except Exception as e:  # noqa: BLE001
@@ -521,7 +540,8 @@ def time_rows(a, say, t_start, load0):
                   f"load {os.getloadavg()[0]:.1f}: " + ", ".join(f"{row.framework} {row.variant} {row.ms[r]:.0f} ms (cpu {row.cpu[r]:.0f}, {row.faults[r]} faults)" for row in rows),
                   flush=True)
     finally:
-        if mm is not None: mm.close()
+        for r in rows:
+            if isinstance(r, MMSegRow) and r.cmd == "step": r.close()
     for row in rows:
         if isinstance(row, LearnerRow): row.thread.join(timeout=120)
     report(a, rows, mm, say, load0, os.getloadavg())
@@ -532,10 +552,12 @@ def time_rows(a, say, t_start, load0):
 def report(a, rows, mm, say, load0, load1):
     med = {id(r): statistics.median(r.ms_timed) for r in rows}
     cmed = {id(r): statistics.median(r.cpu[a.warmup:]) for r in rows}
+    mmr = next((r for r in rows if isinstance(r, MMSegRow) and r.variant.endswith("reuse memory")), None)
+    if mm is mmr: mm = None                  # --peers-reuse only: no as-shipped MMSeg row
     mm_med = med[id(mm)] if mm is not None else None
     say()
-    hdr = (f"{'framework':<20} {'variant':<18} {'params(M)':>15} {'ms/step med':>11} {'min':>8} {'max':>8} {'n':>2} "
-           f"{'x MMSeg':>7} {'overhead':>8} {'cpu ms med':>10} {'x MMSeg':>7}")
+    hdr = (f"{'framework':<20} {'variant':<30} {'params(M)':>11} {'ms/step med':>11} {'min':>8} {'max':>8} {'n':>2} "
+           f"{'x MMSeg':>7} {'x MMSeg reuse':>13} {'overhead':>8} {'cpu ms med':>10} {'x MMSeg':>7}")
     say(hdr); say("-" * len(hdr))
     plain = {r.variant.split()[0]: r for r in rows if isinstance(r, PlainRow)}
     for r in rows:
@@ -547,9 +569,13 @@ def report(a, rows, mm, say, load0, load1):
             pr = plain.get(r.variant.split()[0])
             if pr is not None: ov = f"{100 * (med[id(r)] / med[id(pr)] - 1):+7.1f}%"
         cspeed = f"{cmed[id(mm)] / cmed[id(r)]:7.2f}" if mm_med else "      -"
-        say(f"{r.framework:<20} {r.variant:<18} {p:>15} {med[id(r)]:11.1f} {min(ts):8.1f} {max(ts):8.1f} {len(ts):2d} {speed} {ov} "
+        rspeed = f"{med[id(mmr)] / med[id(r)]:13.2f}" if mmr is not None else f"{'-':>13}"
+        say(f"{r.framework:<20} {r.variant:<30} {p:>11} {med[id(r)]:11.1f} {min(ts):8.1f} {max(ts):8.1f} {len(ts):2d} {speed} {rspeed} {ov} "
             f"{cmed[id(r)]:10.1f} {cspeed}")
-    say(f"x MMSeg = MMSeg's median ms/step / the row's (higher = faster than MMSeg; target for segnb fp32: >= 1.3). "
+    say(f"x MMSeg = MMSeg's median ms/step / the row's (higher = faster than MMSeg; target for segnb fp32: >= 1.3); "
+        f"x MMSeg reuse: the same against the MMSeg worker started with segnb's malloc settings "
+        f"({' '.join(f'{k}={v}' for k, v in REUSE_ENV.items())}; SegLearner.fit sets them with reuse_cpu_memory() on CPU, "
+        f"for every segnb row of this process). fp32 + Winograd: the Learner with WinogradCallback. "
         f"overhead = Learner row / plain-loop row of the same precision - 1 (target <= 5%).")
     say(f"params(M) = model + auxiliary FCN head (MMSeg's DeepLabV3+ R50-D8: 41.29 + 2.40).")
     say("segnb (Learner) = learner_from_config(the model-zoo YAML) + learn.fit_iters, timed from the first before_batch to the "
@@ -565,7 +591,8 @@ def report(a, rows, mm, say, load0, load1):
             f"(max rel. diff {d:.1e}; the Learner's lr follows PolyLR over 80k iterations, the plain loop keeps {LR})")
         if lr_.autocast_seen:
             say(f"  Learner {lr_.variant}: decode logits dtype / cpu autocast on, first iteration: {lr_.autocast_seen[0]}")
-    if mm is not None: say(f"losses MMSeg: {', '.join(f'{l:.4f}' for l in mm.losses)} (its own random init)")
+    for r in rows:
+        if isinstance(r, MMSegRow) and r.cmd == "step": say(f"losses {r.framework} {r.variant}: {', '.join(f'{l:.4f}' for l in r.losses)} (its own random init)")
     say(f"load average: {load0[0]:.1f} at start, {load1[0]:.1f} at the end of the timed rounds "
         f"({os.cpu_count()} cores; the ratios are from the same rounds, the absolute ms depend on the load)")
 

@@ -26,7 +26,7 @@ __all__ = ['get_rng_state', 'set_rng_state', 'InfiniteLoader', 'IterBasedTrainLo
            'PolyLR', 'PolyLRRatio', 'CosineAnnealingLR', 'StepLR', 'MultiStepLR', 'ExponentialLR',
            'ParamSchedulerCallback', 'build_param_scheduler', 'atomic_save', 'atomic_write_text', 'checkpoint_state',
            'save_checkpoint', 'find_latest_checkpoint', 'load_checkpoint', 'load_weights', 'infer_rule',
-           'CheckpointCallback', 'ResumeCallback', 'resume', 'EMACallback', 'EarlyStoppingCallback',
+           'CheckpointCallback', 'ResumeCallback', 'resume', 'WinogradCallback', 'EMACallback', 'EarlyStoppingCallback',
            'NonFiniteLossError', 'NaNGuardCallback', 'LoggerCallback']
 
 # %% ../nbs/32_callbacks.ipynb #af4e7c11
@@ -706,6 +706,19 @@ def resume(learn: Learner, checkpoint, strict: bool = True) -> dict:
     ck = load_checkpoint(checkpoint)
     learn.add_cb(ResumeCallback(ck, strict=strict))
     return dict(ck["meta"])
+
+# %% ../nbs/32_callbacks.ipynb #147f7f56
+@CALLBACKS.register()
+class WinogradCallback(Callback):
+    "Train the eligible 3x3 convs with Winograd F(4x4, 3x3) when the model is on CPU (see `segnb.models.winograd`)."
+    def __init__(self, min_channels: int = 256): self.min_channels, self.n_convs = min_channels, 0
+
+    def before_fit(self):
+        from segnb.models.winograd import use_winograd
+        p = next(self.learn.model.parameters(), None)
+        if p is not None and p.device.type == "cpu":
+            use_winograd(self.learn.model, self.min_channels, train=True)
+            self.n_convs = sum(getattr(m, "train_winograd", False) for m in self.learn.model.modules())
 
 # %% ../nbs/32_callbacks.ipynb #7af389bd
 @CALLBACKS.register(aliases=["EMAHook"])

@@ -10,10 +10,14 @@ import ctypes, ctypes.util, platform
 __all__ = ['reuse_cpu_memory', 'cpu_memory_reused']
 
 # %% ../nbs/03_cpu_memory.ipynb #e8f48239
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3       # mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8     # mallopt parameters (malloc.h)
 # what glibc's dynamic thresholds grow to by default on 64-bit: the closest "off" a running process can get back to
-_DEFAULTS = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 64 << 20, _M_TOP_PAD: 128 << 10}
-_ON = {_M_MMAP_THRESHOLD: 1 << 30, _M_TRIM_THRESHOLD: (1 << 31) - 1, _M_TOP_PAD: 256 << 20}
+_DEFAULTS = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 64 << 20, _M_TOP_PAD: 128 << 10, _M_ARENA_MAX: 0}
+# one arena: a thread's own arena is made of 64 MB heaps and serves larger blocks with fresh mmaps whatever the threshold,
+# so a model run from a worker thread (a server, a notebook widget) would fault its memory in again at every call
+# trim threshold -1: never give the top of the heap back (any finite value fits in mallopt's int, i.e. below 2 GB, and
+# one training step of a large model frees more than that at once)
+_ON = {_M_MMAP_THRESHOLD: 1 << 30, _M_TRIM_THRESHOLD: -1, _M_TOP_PAD: 256 << 20, _M_ARENA_MAX: 1}
 _state = {"on": False}
 
 def _libc():

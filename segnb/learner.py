@@ -20,6 +20,7 @@ from .registry import MODELS, METRICS, CALLBACKS, OPTIMIZERS, LOSSES
 from .config import Config, ConfigError
 from .models.segmentor import EncoderDecoder
 from .metrics import IoUMetric
+from .cpu_memory import reuse_cpu_memory
 import segnb.callbacks  # Learner.fit_iters and the MMSeg-style callbacks
 
 # %% auto #0
@@ -95,9 +96,17 @@ def set_decode_loss(model: nn.Module, loss):
 
 # %% ../nbs/34_learner.ipynb #a80b3ebf
 class SegLearner(Learner):
-    "A fastai `Learner` for segnb segmentors."
+    "A fastai `Learner` for segnb segmentors; on CPU, `fit` turns on `reuse_cpu_memory()` unless `reuse_memory=False`."
+    reuse_memory = True
+
     @property
     def meta(self): return _dls_meta(self.dls)
+
+    def fit(self, *args, **kwargs):
+        # every step allocates the same activations and gradients: keeping freed memory saves re-faulting it in each step
+        p = next(self.model.parameters(), None)
+        if self.reuse_memory and p is not None and p.device.type == "cpu": reuse_cpu_memory()
+        return super().fit(*args, **kwargs)
 
     def one_batch(self, i, b):
         super().one_batch(i, b)

@@ -77,18 +77,29 @@ class WinogradConv2d(nn.Conv2d):
             self._u_key = key
         return self._u
 
-    def forward(self, x):
-        if (x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32 or x.dim() != 4
-                or torch.is_autocast_enabled("cpu") or (torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad))):
-            return super().forward(x)
-        return winograd_conv2d(x, self._U(), self.bias, self.dilation[0])
+    train_winograd = False      # also when gradients are needed (training): set by `use_winograd(..., train=True)`
 
-def use_winograd(model: nn.Module, min_channels: int = 256) -> int:
-    "Replace every eligible `nn.Conv2d` of `model` (see `winograd_eligible`) by a `WinogradConv2d`; returns how many."
+    def forward(self, x):
+        grad = torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32 or x.dim() != 4
+                or torch.is_autocast_enabled("cpu") or (grad and not self.train_winograd)):
+            return super().forward(x)
+        return winograd_conv2d(x, _winograd_weight_autograd(self.weight) if grad else self._U(), self.bias, self.dilation[0])
+
+def _winograd_weight_autograd(weight):
+    "`winograd_weight` in the weight's dtype, differentiable."
+    K, C = weight.shape[:2]
+    G = _G.to(weight)
+    return torch.einsum("ai,kcij,bj->abck", G, weight, G).reshape(36, C, K)
+
+def use_winograd(model: nn.Module, min_channels: int = 256, train: bool = False) -> int:
+    "Replace every eligible `nn.Conv2d` of `model` (see `winograd_eligible`) by a `WinogradConv2d` (`train`: in training too); returns how many."
     n = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if winograd_eligible(child, min_channels):
-                setattr(parent, name, WinogradConv2d.from_conv(child))
+                child = WinogradConv2d.from_conv(child)
+                setattr(parent, name, child)
                 n += 1
+            if train and isinstance(child, WinogradConv2d): child.train_winograd = True
     return n
