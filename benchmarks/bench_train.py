@@ -20,6 +20,12 @@ All rows are timed round-robin (one step per row per round, only one step runs a
 row alike; each row starts from the same weights (a and b; c has MMSeg's own random init) and every step of every row
 draws dropout from the same seed, so (a) and (b) compute the same losses (checked and printed).
 
+Also: (a') the Learner with `WinogradCallback` (the wide 3x3 convs trained with Winograd F(4x4, 3x3); skip with
+--no-winograd), and (c') MMSeg in a second worker process started with the malloc settings that segnb's
+`reuse_cpu_memory()` applies (SegLearner.fit turns it on for CPU training; this script sets them for its whole process
+at start, because its Learner rows run in threads). `--peers-reuse off|only` keeps one of (c)/(c'): with every row and
+both MMSeg workers the run needs more than the 24 GB of this machine.
+
 `--amp` adds (a) and (b) under bf16 autocast on CPU (`segnb.train.enable_amp`: fp32 weights, bf16 compute) and a
 loss-curve check on a small model (DeepLabV3+ on timm resnet18 at output stride 16, 128x128 synthetic scenes from `segnb.data.synthetic`,
 100 iterations fp32 vs bf16 from the same seed) whose plot is saved under benchmarks/results/.
@@ -52,6 +58,13 @@ from pathlib import Path
 # process that also had the Learner's thread team. One wait policy for every row (set before torch loads libgomp; the
 # worker inherits it); export OMP_WAIT_POLICY yourself to choose another.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# segnb's memory reuse (reuse_cpu_memory, which SegLearner.fit applies) is set here for the whole process from its
+# start: glibc fixes its arena limit when the first extra thread allocates, and the Learner rows run in threads (in
+# `segnb train` the fit runs on the main thread, whose heap the mallopt call at fit time covers)
+REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(64 << 30), "MALLOC_TOP_PAD_": str(256 << 20),
+             "MALLOC_ARENA_MAX": "1"}
+if "--worker" not in sys.argv and any(os.environ.get(k) != v for k, v in REUSE_ENV.items()):
+    os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, **REUSE_ENV})
 import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # segnb (this checkout), in either venv
 from segnb.benchmark import stub_mmcv_ext, strip_mmseg_cfg  # noqa: E402  (torch + stdlib only: importable under the peers' python too)
@@ -65,10 +78,6 @@ MMSEG_CFG = "deeplabv3plus/deeplabv3plus_r50-d8_4xb4-80k_ade20k-512x512.py"
 # MMSeg's ADE20K data_preprocessor (the segnb rows get the images normalised the same way beforehand)
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 LR, MOMENTUM, WD = 0.01, 0.9, 5e-4
-# glibc settings equal to segnb.cpu_memory.reuse_cpu_memory(), which SegLearner.fit applies on CPU (and so, in this process,
-# to the plain-loop rows too); the second MMSeg worker starts with them
-REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(64 << 30), "MALLOC_TOP_PAD_": str(256 << 20),
-             "MALLOC_ARENA_MAX": "1"}
 
 
 def parse_args(argv=None):
@@ -197,7 +206,8 @@ class MMSegRow:
     def __init__(self, a, data_path, reuse_memory=False):
         args = [a.peers_python, str(Path(__file__).resolve()), "--worker", "--threads", str(a.threads), "--data", str(data_path)]
         if a.control and not reuse_memory: args.append("--control")
-        env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "PYTHONPATH": ""}
+        env = {k: v for k, v in os.environ.items() if k not in REUSE_ENV}
+        env.update({"OMP_NUM_THREADS": str(a.threads), "PYTHONPATH": ""})
         if reuse_memory:
             env.update(REUSE_ENV)
             self.variant = "fp32 train_step, reuse memory"

@@ -390,14 +390,14 @@ class EncoderDecoder(nn.Module):
     def optimize_for_inference(self, fuse: bool = True, channels_last: bool | str = "auto", reorder: bool = True,
                                dtype: torch.dtype | None = None, example: torch.Tensor | None = None, winograd: bool | str = "auto",
                                reuse_memory: bool | str = "auto"):
-        "eval mode, conv-BN fusion, exact head rewrites, Winograd 3x3 convs (`'auto'`: float32 on CPU), channels-last memory (`'auto'`: unless it is slower), optionally `dtype` weights, and (`'auto'`: on CPU) `reuse_cpu_memory()`; returns `self`."
+        "eval mode, conv-BN fusion, exact head rewrites, Winograd 3x3 convs (`'auto'`: float32/bfloat16 on CPU), channels-last memory (`'auto'`: unless it is slower), optionally `dtype` weights, and (`'auto'`: on CPU) `reuse_cpu_memory()`; returns `self`."
         self.eval()
         on_cpu = next(self.parameters()).device.type == "cpu"
         if reuse_memory == "auto": reuse_memory = on_cpu
         if reuse_memory: reuse_cpu_memory()
         if fuse: self.fuse_conv_bn(example)
         if reorder: self.reorder_heads(example)
-        if winograd == "auto": winograd = on_cpu and dtype in (None, torch.float32)
+        if winograd == "auto": winograd = on_cpu and dtype in (None, torch.float32, torch.bfloat16)
         if winograd: self.use_winograd(example)
         if dtype is not None:
             self.to(dtype)

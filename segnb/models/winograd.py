@@ -18,36 +18,48 @@ _BT = torch.tensor([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1,
 _G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                    [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
 _AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], dtype=torch.float64)
-_BB, _AA = torch.kron(_BT, _BT).float(), torch.kron(_AT, _AT).float()   # 2-D transforms as (36, 36) and (16, 36) matrices
+# F(2x2, 3x3) (points 0, ±1, ∞): 2.25x fewer multiplications, but only ±1 in the data transforms: accurate in bfloat16
+_BT2 = torch.tensor([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=torch.float64)
+_G2 = torch.tensor([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], dtype=torch.float64)
+_AT2 = torch.tensor([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=torch.float64)
+# per output tile size m: (G, 2-D input transform (a², a²), 2-D output transform (m², a²)), a = m + 2
+_MATS = {4: (_G, torch.kron(_BT, _BT).float(), torch.kron(_AT, _AT).float()),
+         2: (_G2, torch.kron(_BT2, _BT2).float(), torch.kron(_AT2, _AT2).float())}
 
-def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
-    "3x3 filters (K, C, 3, 3) in the Winograd domain as (36, C, K), computed in float64."
+def winograd_weight(weight: torch.Tensor, m: int = 4) -> torch.Tensor:
+    "3x3 filters (K, C, 3, 3) in the Winograd domain of F(m x m, 3x3) (m = 4 or 2) as ((m+2)², C, K), computed in float64."
     if weight.dim() != 4 or weight.shape[2:] != (3, 3):
         raise ValueError(f"winograd_weight: expected (out, in, 3, 3) filters, got shape {tuple(weight.shape)}")
+    if m not in _MATS: raise ValueError(f"winograd_weight: m must be 4 or 2, got {m}")
     K, C = weight.shape[:2]
-    U = torch.einsum("ai,kcij,bj->abck", _G.to(weight.device), weight.detach().double(), _G.to(weight.device))
-    return U.reshape(36, C, K).to(weight.dtype).contiguous()
+    G = _MATS[m][0].to(weight.device)
+    U = torch.einsum("ai,kcij,bj->abck", G, weight.detach().double(), G)
+    return U.reshape((m + 2) ** 2, C, K).to(weight.dtype).contiguous()
 
 def winograd_conv2d(x: torch.Tensor, U: torch.Tensor, bias: torch.Tensor | None = None, dilation: int = 1) -> torch.Tensor:
-    "`F.conv2d(x, w, bias, padding=dilation, dilation=dilation)` for 3x3 `w` given as `U = winograd_weight(w)`; keeps `x`'s memory format."
+    "`F.conv2d(x, w, bias, padding=dilation, dilation=dilation)` for 3x3 `w` given as `U = winograd_weight(w, m)`; keeps `x`'s memory format."
     N, C, H, W = x.shape
     K, d = U.shape[2], dilation
-    if U.shape[:2] != (36, C): raise ValueError(f"winograd_conv2d: U has shape {tuple(U.shape)}, expected (36, {C}, out_channels)")
+    m = {36: 4, 16: 2}.get(U.shape[0])
+    if m is None or U.shape[1] != C:
+        raise ValueError(f"winograd_conv2d: U has shape {tuple(U.shape)}, expected (36 or 16, {C}, out_channels)")
+    a = m + 2
+    _, BB, AA = _MATS[m]
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    Hq, Wq = -(-H // (4 * d)) * 4, -(-W // (4 * d)) * 4           # rows/cols of each sub-grid, padded to whole tiles
+    Hq, Wq = -(-H // (m * d)) * m, -(-W // (m * d)) * m           # rows/cols of each sub-grid, padded to whole tiles
     xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, d, Wq * d - W + d, d, Hq * d - H + d))   # NHWC, zero border of `d`
-    tiles = xp.view(N, Hq + 2, d, Wq + 2, d, C).unfold(1, 6, 4).unfold(3, 6, 4)      # N, ty, p, tx, q, C, 6, 6
+    tiles = xp.view(N, Hq + 2, d, Wq + 2, d, C).unfold(1, a, m).unfold(3, a, m)      # N, ty, p, tx, q, C, a, a
     nty, ntx = tiles.shape[1], tiles.shape[3]
-    X = tiles.permute(6, 7, 0, 1, 2, 3, 4, 5).reshape(36, -1)
-    V = (_BB.to(x) @ X).view(36, -1, C)
-    M = torch.bmm(V, U)                                          # (36, tiles, K): the channel reduction, 4x fewer FLOPs
-    Y = (_AA.to(x) @ M.view(36, -1)).view(4, 4, N, nty, d, ntx, d, K)
+    X = tiles.permute(6, 7, 0, 1, 2, 3, 4, 5).reshape(a * a, -1)
+    V = (BB.to(x) @ X).view(a * a, -1, C)
+    M = torch.bmm(V, U)                                          # (a², tiles, K): the channel reduction, fewer FLOPs
+    Y = (AA.to(x) @ M.view(a * a, -1)).view(m, m, N, nty, d, ntx, d, K)
     if channels_last:
         out = Y.permute(2, 3, 0, 4, 5, 1, 6, 7).reshape(N, Hq * d, Wq * d, K)[:, :H, :W]
-        if bias is not None: out = out + bias
+        if bias is not None: out = out + bias.to(out.dtype)
         return out.permute(0, 3, 1, 2)
     out = Y.permute(2, 7, 3, 0, 4, 5, 1, 6).reshape(N, K, Hq * d, Wq * d)[:, :, :H, :W]
-    return out + bias.view(-1, 1, 1) if bias is not None else out.contiguous()
+    return out + bias.to(out.dtype).view(-1, 1, 1) if bias is not None else out.contiguous()
 
 # %% ../../nbs/23b_models.winograd.ipynb #1239dd71
 def winograd_eligible(conv: nn.Module, min_channels: int = 256) -> bool:
@@ -70,10 +82,10 @@ class WinogradConv2d(nn.Conv2d):
         new.train(conv.training)
         return new
 
-    def _U(self):
-        key = (self.weight.data_ptr(), self.weight._version, self.weight.dtype, self.weight.device)
+    def _U(self, m=4, dtype=torch.float32):
+        key = (m, dtype, self.weight.data_ptr(), self.weight._version, self.weight.dtype, self.weight.device)
         if getattr(self, "_u_key", None) != key:
-            with torch.no_grad(): self._u = winograd_weight(self.weight)
+            with torch.no_grad(): self._u = winograd_weight(self.weight.float(), m).to(dtype)
             self._u_key = key
         return self._u
 
@@ -81,8 +93,12 @@ class WinogradConv2d(nn.Conv2d):
 
     def forward(self, x):
         grad = torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)
-        if (x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32 or x.dim() != 4
-                or torch.is_autocast_enabled("cpu") or (grad and not self.train_winograd)):
+        bf16 = x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        if x.device.type != "cpu" or x.dim() != 4 or (grad and (bf16 or not self.train_winograd)):
+            return super().forward(x)
+        if bf16:                                # F(2x2, 3x3) in bfloat16 (as autocast would run the conv)
+            return winograd_conv2d(x.to(torch.bfloat16), self._U(2, torch.bfloat16), self.bias, self.dilation[0])
+        if x.dtype != torch.float32 or self.weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
             return super().forward(x)
         return winograd_conv2d(x, _winograd_weight_autograd(self.weight) if grad else self._U(), self.bias, self.dilation[0])
 
