@@ -280,7 +280,7 @@ def main():
         r["ms"], r["error"] = [], None
     for r in rows:
         ref = outs.get((r["key"], "fp32 direct convs"))
-        if r["variant"] == "fp32":
+        if r["framework"] == "segnb" and r["variant"] != "fp32 direct convs" and ref is not None:
             # Winograd runs fewer multiplications than the model has: GFLOP/s stays the model's FLOPs (direct conv) / time
             r["flops_executed"], r["flops"] = r["flops"], next(q["flops"] for q in rows if q["key"] == r["key"] and q["variant"] == "fp32 direct convs")
         if r["variant"] != "fp32 direct convs" and ref is not None:

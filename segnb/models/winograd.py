@@ -83,11 +83,13 @@ class WinogradConv2d(nn.Conv2d):
         return new
 
     def _U(self, m=4, dtype=torch.float32):
-        key = (m, dtype, self.weight.data_ptr(), self.weight._version, self.weight.dtype, self.weight.device)
-        if getattr(self, "_u_key", None) != key:
-            with torch.no_grad(): self._u = winograd_weight(self.weight.float(), m).to(dtype)
-            self._u_key = key
-        return self._u
+        "The transformed filters for F(m x m, 3x3) in `dtype`, cached (one per m/dtype, so fp32 and bf16 calls can alternate)."
+        wkey = (self.weight.data_ptr(), self.weight._version, self.weight.dtype, self.weight.device)
+        cache = self.__dict__.setdefault("_u_cache", {})
+        if cache.get("weights") != wkey: cache.clear(); cache["weights"] = wkey
+        if (m, dtype) not in cache:
+            with torch.no_grad(): cache[(m, dtype)] = winograd_weight(self.weight.float(), m).to(dtype)
+        return cache[(m, dtype)]
 
     train_winograd = False      # also when gradients are needed (training): set by `use_winograd(..., train=True)`
 
