@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # segnb (this checkout), in either venv
 from segnb.benchmark import stub_mmcv_ext, strip_mmseg_cfg  # noqa: E402  (torch + stdlib only: importable under the peers' python too)
+from segnb.cpu_memory import REUSE_ENV  # noqa: E402  (glibc's settings of reuse_cpu_memory(), which optimize_for_inference applies on CPU)
 
 warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,9 +67,6 @@ SMP_MODELS = [
     ("UPerNet(resnet50)", "UPerNet", "resnet50", {}, None),
 ]
 NUM_CLASSES = 150
-# glibc settings equal to segnb.cpu_memory.reuse_cpu_memory() (which segnb's optimize_for_inference applies on CPU)
-REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(64 << 30), "MALLOC_TOP_PAD_": str(256 << 20),
-             "MALLOC_ARENA_MAX": "1"}
 
 
 def parse_args(argv=None):

@@ -61,12 +61,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # segnb's memory reuse (reuse_cpu_memory, which SegLearner.fit applies) is set here for the whole process from its
 # start: glibc fixes its arena limit when the first extra thread allocates, and the Learner rows run in threads (in
 # `segnb train` the fit runs on the main thread, whose heap the mallopt call at fit time covers)
-REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(64 << 30), "MALLOC_TOP_PAD_": str(256 << 20),
-             "MALLOC_ARENA_MAX": "1"}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # segnb (this checkout), in either venv
+from segnb.cpu_memory import REUSE_ENV  # noqa: E402  (stdlib only)
 if "--worker" not in sys.argv and any(os.environ.get(k) != v for k, v in REUSE_ENV.items()):
     os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, **REUSE_ENV})
 import torch
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # segnb (this checkout), in either venv
 from segnb.benchmark import stub_mmcv_ext, strip_mmseg_cfg  # noqa: E402  (torch + stdlib only: importable under the peers' python too)
 
 warnings.filterwarnings("ignore")

@@ -4,10 +4,10 @@
 
 # %% ../nbs/03_cpu_memory.ipynb #00e31d05
 from __future__ import annotations
-import ctypes, ctypes.util, platform
+import ctypes, ctypes.util, functools, platform
 
 # %% auto #0
-__all__ = ['reuse_cpu_memory', 'cpu_memory_reused']
+__all__ = ['REUSE_ENV', 'reuse_cpu_memory', 'cpu_memory_reused']
 
 # %% ../nbs/03_cpu_memory.ipynb #e8f48239
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8     # mallopt parameters (malloc.h)
@@ -18,20 +18,25 @@ _DEFAULTS = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 64 << 20, _M_TOP_PA
 # trim threshold -1: never give the top of the heap back (any finite value fits in mallopt's int, i.e. below 2 GB, and
 # one training step of a large model frees more than that at once)
 _ON = {_M_MMAP_THRESHOLD: 1 << 30, _M_TRIM_THRESHOLD: -1, _M_TOP_PAD: 256 << 20, _M_ARENA_MAX: 1}
-_state = {"on": False}
+# the same settings as environment variables, read by glibc when a process starts (e.g. for a peer's benchmark process)
+REUSE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(64 << 30), "MALLOC_TOP_PAD_": str(256 << 20),
+             "MALLOC_ARENA_MAX": "1"}
+_state = {"on": False, "turned_off": False}
 
+@functools.cache
 def _libc():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc": return None
     try: return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError: return None
 
-def reuse_cpu_memory(enable: bool = True) -> bool:
+def reuse_cpu_memory(enable: bool = True, auto: bool = False) -> bool:
     "Keep freed blocks (up to 1 GB each) in the heap for reuse (glibc `mallopt`); returns whether the setting applied."
+    if auto and _state["turned_off"]: return False    # segnb's own calls leave a user's `reuse_cpu_memory(False)` alone
     libc = _libc()
     if libc is None or not hasattr(libc, "mallopt"): return False
-    ok = all(libc.mallopt(k, v) == 1 for k, v in (_ON if enable else _DEFAULTS).items())
+    ok = all([libc.mallopt(k, v) == 1 for k, v in (_ON if enable else _DEFAULTS).items()])
     if not enable and hasattr(libc, "malloc_trim"): libc.malloc_trim(0)     # hand the kept memory back now
-    _state["on"] = enable and ok
+    _state["on"], _state["turned_off"] = enable and ok, not enable
     return ok
 
 def cpu_memory_reused() -> bool:

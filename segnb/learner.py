@@ -105,7 +105,7 @@ class SegLearner(Learner):
     def fit(self, *args, **kwargs):
         # every step allocates the same activations and gradients: keeping freed memory saves re-faulting it in each step
         p = next(self.model.parameters(), None)
-        if self.reuse_memory and p is not None and p.device.type == "cpu": reuse_cpu_memory()
+        if self.reuse_memory and p is not None and p.device.type == "cpu": reuse_cpu_memory(auto=True)
         return super().fit(*args, **kwargs)
 
     def one_batch(self, i, b):

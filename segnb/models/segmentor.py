@@ -116,6 +116,10 @@ def _slow_dw(m: nn.Module, max_dilation: int = 4) -> bool:
     "A depthwise conv dilated more than `max_dilation` (slow in oneDNN's channels-last kernels)."
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels and max(m.dilation) > max_dilation
 
+def _same_output(ref, new, rtol: float = 1e-3) -> bool:
+    "Whether an inference rewrite kept the logits `ref` (to `rtol`, relative to their largest magnitude)."
+    return torch.allclose(ref, new, rtol=rtol, atol=rtol * float(ref.abs().max().clamp_min(1e-6)))
+
 def _is_channels_last(x) -> bool:
     return isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
@@ -370,7 +374,7 @@ class EncoderDecoder(nn.Module):
         heads = [m for m in self.modules() if reorder_head(m)]
         if heads:
             with torch.no_grad(): new = self.whole_inference(example)
-            if not torch.allclose(ref, new, rtol=1e-3, atol=1e-3 * float(ref.abs().max().clamp_min(1e-6))):
+            if not _same_output(ref, new):
                 for h in heads: del h.forward
                 raise RuntimeError(f"reorder_heads changed the output (max diff {float((ref - new).abs().max()):.3g}); rewrites undone")
         return len(heads)
@@ -383,7 +387,7 @@ class EncoderDecoder(nn.Module):
         n = use_winograd(self, min_channels)
         if n:
             with torch.no_grad(): new = self.whole_inference(example)
-            if not torch.allclose(ref, new, rtol=1e-3, atol=1e-3 * float(ref.abs().max().clamp_min(1e-6))):
+            if not _same_output(ref, new):
                 raise RuntimeError(f"use_winograd changed the output (max diff {float((ref - new).abs().max()):.3g}); please report this model")
         return n
 
@@ -393,8 +397,9 @@ class EncoderDecoder(nn.Module):
         "eval mode, conv-BN fusion, exact head rewrites, Winograd 3x3 convs (`'auto'`: float32/bfloat16 on CPU), channels-last memory (`'auto'`: unless it is slower), optionally `dtype` weights, and (`'auto'`: on CPU) `reuse_cpu_memory()`; returns `self`."
         self.eval()
         on_cpu = next(self.parameters()).device.type == "cpu"
-        if reuse_memory == "auto": reuse_memory = on_cpu
-        if reuse_memory: reuse_cpu_memory()
+        auto_memory = reuse_memory == "auto"
+        if auto_memory: reuse_memory = on_cpu
+        if reuse_memory: reuse_cpu_memory(auto=auto_memory)
         if fuse: self.fuse_conv_bn(example)
         if reorder: self.reorder_heads(example)
         if winograd == "auto": winograd = on_cpu and dtype in (None, torch.float32, torch.bfloat16)

@@ -31,10 +31,13 @@ def winograd_weight(weight: torch.Tensor, m: int = 4) -> torch.Tensor:
     if weight.dim() != 4 or weight.shape[2:] != (3, 3):
         raise ValueError(f"winograd_weight: expected (out, in, 3, 3) filters, got shape {tuple(weight.shape)}")
     if m not in _MATS: raise ValueError(f"winograd_weight: m must be 4 or 2, got {m}")
+    return _transform_filters(weight.detach().double(), m).to(weight.dtype).contiguous()
+
+def _transform_filters(weight, m: int = 4):
+    "`G g Gᵀ` for every filter, as ((m+2)², C, K), in `weight`'s dtype; differentiable."
     K, C = weight.shape[:2]
-    G = _MATS[m][0].to(weight.device)
-    U = torch.einsum("ai,kcij,bj->abck", G, weight.detach().double(), G)
-    return U.reshape((m + 2) ** 2, C, K).to(weight.dtype).contiguous()
+    G = _MATS[m][0].to(weight)
+    return torch.einsum("ai,kcij,bj->abck", G, weight, G).reshape((m + 2) ** 2, C, K)
 
 def winograd_conv2d(x: torch.Tensor, U: torch.Tensor, bias: torch.Tensor | None = None, dilation: int = 1) -> torch.Tensor:
     "`F.conv2d(x, w, bias, padding=dilation, dilation=dilation)` for 3x3 `w` given as `U = winograd_weight(w, m)`; keeps `x`'s memory format."
@@ -70,7 +73,7 @@ def winograd_eligible(conv: nn.Module, min_channels: int = 256) -> bool:
             and min(conv.in_channels, conv.out_channels) >= min_channels)
 
 class WinogradConv2d(nn.Conv2d):
-    "`nn.Conv2d` (3x3, stride 1, 'same' padding) computed with Winograd F(4x4, 3x3) for float32 CPU inference."
+    "`nn.Conv2d` (3x3, stride 1, 'same' padding) computed on CPU with Winograd F(4x4, 3x3) in float32, F(2x2, 3x3) in bfloat16."
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> "WinogradConv2d":
         "A `WinogradConv2d` sharing `conv`'s parameters."
@@ -102,13 +105,7 @@ class WinogradConv2d(nn.Conv2d):
             return winograd_conv2d(x.to(torch.bfloat16), self._U(2, torch.bfloat16), self.bias, self.dilation[0])
         if x.dtype != torch.float32 or self.weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
             return super().forward(x)
-        return winograd_conv2d(x, _winograd_weight_autograd(self.weight) if grad else self._U(), self.bias, self.dilation[0])
-
-def _winograd_weight_autograd(weight):
-    "`winograd_weight` in the weight's dtype, differentiable."
-    K, C = weight.shape[:2]
-    G = _G.to(weight)
-    return torch.einsum("ai,kcij,bj->abck", G, weight, G).reshape(36, C, K)
+        return winograd_conv2d(x, _transform_filters(self.weight) if grad else self._U(), self.bias, self.dilation[0])
 
 def use_winograd(model: nn.Module, min_channels: int = 256, train: bool = False) -> int:
     "Replace every eligible `nn.Conv2d` of `model` (see `winograd_eligible`) by a `WinogradConv2d` (`train`: in training too); returns how many."
